@@ -1,0 +1,81 @@
+"""The whole HTTP surface of Auxen on one screen: every route and every middleware."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from auxen import __version__
+from auxen.config import Settings
+from auxen.inference.proxy import InferenceProxy
+from auxen.rest.errors import auxen_error, http_error, unexpected_error
+from auxen.rest.handlers import RestApi
+from auxen.runtime import Runtime
+from auxen.tools.errors import AuxenError
+
+
+def create_app(settings: Settings | None = None, *, background: bool = True) -> Starlette:
+    rt = Runtime.build(settings or Settings())
+    proxy = InferenceProxy(rt)
+    rt.instances.on_change = _both(rt.auth.forget_instance, proxy.forget)
+    rest = RestApi(rt)
+
+    async def health(request: Request) -> Response:
+        await rt.db.ping()
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/instances", rest.provision, methods=["POST"]),
+        Route("/v1/instances", rest.list_instances, methods=["GET"]),
+        Route("/v1/instances/{id}", rest.get_instance, methods=["GET"]),
+        Route("/v1/instances/{id}", rest.destroy_instance, methods=["DELETE"]),
+        Route("/v1/instances/{id}/keys", rest.create_instance_key, methods=["POST"]),
+        # OpenAI-compatible inference, one base URL per instance.
+        Route(
+            "/v1/instances/{instance_id}/chat/completions", proxy.chat_completions, methods=["POST"]
+        ),
+        Route("/v1/instances/{instance_id}/completions", proxy.completions, methods=["POST"]),
+        Route("/v1/instances/{instance_id}/models", proxy.models, methods=["GET"]),
+        Route("/v1/keys", rest.create_key, methods=["POST"]),
+        Route("/v1/keys", rest.list_keys, methods=["GET"]),
+        Route("/v1/keys/{id}", rest.revoke_key, methods=["DELETE"]),
+        Route("/v1/usage", rest.usage, methods=["GET"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await rt.start(background=background)
+        try:
+            yield
+        finally:
+            await rt.close()
+            await proxy.close()
+
+    app = Starlette(
+        routes=routes,
+        middleware=[],
+        exception_handlers={
+            AuxenError: auxen_error,
+            HTTPException: http_error,
+            Exception: unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    app.state.proxy = proxy
+    return app
+
+
+def _both(*callbacks: Callable[[str], None]) -> Callable[[str], None]:
+    def call(instance_id: str) -> None:
+        for callback in callbacks:
+            callback(instance_id)
+
+    return call

@@ -1,0 +1,101 @@
+"""Turning a presented bearer key into a `Caller`.
+
+Verified keys are cached for a few seconds so the inference hot path does not read the
+database on every request. Revoking a key or destroying its instance in this process
+drops the entry at once; other processes see it within `CACHE_TTL_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlmodel import col
+
+from auxen.auth.keys import key_matches, parse_key
+from auxen.store.db import Database
+from auxen.store.models import ApiKey
+from auxen.tools.context import Caller
+from auxen.tools.errors import Unauthenticated
+
+log = logging.getLogger(__name__)
+
+CACHE_TTL_S = 5.0
+LAST_USED_RESOLUTION_S = 60.0
+
+
+class KeyAuthenticator:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._cache: dict[str, tuple[Caller, float]] = {}
+        self._last_used_written: dict[str, float] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def authenticate(self, token: str | None) -> Caller:
+        if not token:
+            raise Unauthenticated("missing API key: send `Authorization: Bearer <key>`")
+        now = time.monotonic()
+        cached = self._cache.get(token)
+        if cached is not None and cached[1] > now:
+            self._touch(cached[0], now)
+            return cached[0]
+        parsed = parse_key(token)
+        row: ApiKey | None = None
+        if parsed is not None:
+            async with self.db.system() as session:
+                row = await session.get(ApiKey, parsed.key_id)
+        valid = key_matches(token, row.secret_hash if row is not None else None)
+        if parsed is None or row is None or not valid or row.kind is not parsed.kind:
+            raise Unauthenticated("invalid API key")
+        if row.revoked_at is not None:
+            raise Unauthenticated("this API key has been revoked")
+        caller = Caller(
+            workspace_id=row.workspace_id,
+            livemode=row.livemode,
+            key_id=row.id,
+            key_kind=row.kind,
+            instance_id=row.instance_id,
+        )
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[token] = (caller, now + CACHE_TTL_S)
+        self._touch(caller, now)
+        return caller
+
+    def forget_key(self, key_id: str) -> None:
+        for token, (caller, _) in list(self._cache.items()):
+            if caller.key_id == key_id:
+                del self._cache[token]
+
+    def forget_instance(self, instance_id: str) -> None:
+        for token, (caller, _) in list(self._cache.items()):
+            if caller.instance_id == instance_id:
+                del self._cache[token]
+
+    def _touch(self, caller: Caller, now: float) -> None:
+        """Record last use, at most once a minute per key, off the request path."""
+        assert caller.key_id is not None
+        if now - self._last_used_written.get(caller.key_id, -1e9) < LAST_USED_RESOLUTION_S:
+            return
+        self._last_used_written[caller.key_id] = now
+        task = asyncio.create_task(self._write_last_used(caller.key_id))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _write_last_used(self, key_id: str) -> None:
+        try:
+            async with self.db.system() as session:
+                await session.exec(
+                    sa.update(ApiKey)
+                    .where(col(ApiKey.id) == key_id)
+                    .values(last_used_at=datetime.now(UTC))
+                )
+                await session.commit()
+        except Exception:
+            log.exception("could not record last use of key %s", key_id)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._pending, return_exceptions=True)

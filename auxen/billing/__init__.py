@@ -1,0 +1,1 @@
+"""Money: the price catalog (more - metering, credits, caps - arrives with billing)."""

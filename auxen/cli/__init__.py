@@ -1,0 +1,1 @@
+"""The `auxen` command line: server administration plus a REST client for people."""

@@ -1,0 +1,297 @@
+"""`auxen`: serve, init, migrate, and instances/keys/usage over the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from auxen.cli.client import ApiError, AuxenClient
+from auxen.config import ConfigError, Settings
+
+app = typer.Typer(
+    help="Auxen: private LLM inference on dedicated vLLM instances.", no_args_is_help=True
+)
+instances_app = typer.Typer(help="Provision, inspect and destroy instances.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(instances_app, name="instances")
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print raw JSON")]
+
+
+def _client() -> AuxenClient:
+    try:
+        return AuxenClient()
+    except ApiError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(2) from None
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        return _client().request(method, path, **kwargs)
+    except ApiError as exc:
+        where = f" ({exc.param})" if exc.param else ""
+        err.print(f"[red]error{where}:[/] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+# -- server ------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="Port")] = None,
+) -> None:
+    """Run the control plane (REST, inference proxy) with uvicorn."""
+    import logging
+
+    import uvicorn
+
+    from auxen.app import create_app
+
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    settings = Settings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        application = create_app(settings)
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    data = settings.data_dir.resolve()
+    err.print(
+        f"[bold]Auxen[/] on {settings.base_url}  (data: {data}, "
+        f"database: {_redact(settings.resolved_database_url)}, "
+        f"provider: {settings.provider})"
+    )
+    if not (data / "auxen.db").exists() and settings.database_url is None:
+        err.print(
+            "First start: create a workspace and its first key with "
+            "[bold]auxen init --email you@example.com[/]"
+        )
+    uvicorn.run(
+        application, host=settings.host, port=settings.port, log_level="info", access_log=False
+    )
+
+
+@app.command()
+def init(
+    email: Annotated[str, typer.Option(help="Owner's email address")],
+    workspace: Annotated[str, typer.Option(help="Workspace name")] = "default",
+    test: Annotated[bool, typer.Option("--test", help="Make a test-mode key")] = False,
+) -> None:
+    """Create a workspace, its owner, and a first account key (printed once)."""
+    from auxen.runtime import Runtime
+    from auxen.tools.errors import AuxenError
+    from auxen.tools.workspaces import create_workspace
+
+    async def run() -> Any:
+        rt = Runtime.build(Settings())
+        try:
+            await rt.db.migrate()
+            return await create_workspace(rt, name=workspace, owner_email=email, livemode=not test)
+        finally:
+            await rt.db.close()
+
+    try:
+        made = asyncio.run(run())
+    except (AuxenError, ConfigError) as exc:
+        err.print(f"[red]error:[/] {getattr(exc, 'message', exc)}")
+        raise typer.Exit(1) from None
+    out.print(
+        f"workspace [bold]{made.workspace.id}[/] ({made.workspace.name}), owner {made.owner.email}"
+    )
+    out.print("API key (shown once, store it now):")
+    out.print(made.key_plaintext, markup=False, highlight=False)
+    out.print("\nexport AUXEN_API_KEY=<the key above>", highlight=False)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    from auxen.store.db import Database
+
+    settings = Settings()
+
+    async def run() -> None:
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.migrate()
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    out.print(f"database at {_redact(settings.resolved_database_url)} is up to date")
+
+
+# -- instances ---------------------------------------------------------------------
+
+TERMINAL = {"ready", "failed", "destroyed"}
+
+
+@instances_app.command("provision")
+def instances_provision(
+    model: Annotated[str, typer.Option(help="Hugging Face id or model directory")],
+    gpu_type: Annotated[str | None, typer.Option(help="GPU type")] = None,
+    tier: Annotated[str, typer.Option(help="dedicated")] = "dedicated",
+    ttl: Annotated[int | None, typer.Option(help="Seconds before automatic destroy")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Safe-retry key")] = None,
+    wait: Annotated[bool, typer.Option(help="Show progress until ready or failed")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Provision an instance; prints its auxk_ key once."""
+    if model.startswith(".") or (not model.startswith("/") and Path(model).is_dir()):
+        model = str(Path(model).resolve())
+    body: dict[str, Any] = {"model": model, "tier": tier}
+    for name, value in (("gpu_type", gpu_type), ("ttl", ttl), ("idempotency_key", idempotency_key)):
+        if value is not None:
+            body[name] = value
+    made = _call("POST", "/v1/instances", json=body)
+    key = made.get("instance_key")
+    if not as_json:
+        out.print(f"instance [bold]{made['id']}[/] {made['state']}")
+        if key:
+            out.print("instance key (shown once):")
+            out.print(key, markup=False, highlight=False)
+        out.print(f"OpenAI base_url: {made['endpoint']}", highlight=False)
+    final = _follow(made["id"]) if wait else made
+    if as_json:
+        print(json.dumps({**final, "instance_key": key}, indent=2))
+    if final["state"] == "failed":
+        err.print(f"[red]failed:[/] {final.get('last_error')}")
+        raise typer.Exit(1)
+
+
+def _follow(instance_id: str) -> dict[str, Any]:
+    started = time.monotonic()
+    with err.status("") as status:
+        while True:
+            current: dict[str, Any] = _call("GET", f"/v1/instances/{instance_id}")
+            elapsed = time.monotonic() - started
+            status.update(f"{instance_id}: [bold]{current['state']}[/] ({elapsed:.0f}s)")
+            if current["state"] in TERMINAL:
+                break
+            time.sleep(1.0)
+    colour = "green" if current["state"] == "ready" else "red"
+    err.print(f"{instance_id}: [{colour}]{current['state']}[/] after {elapsed:.0f}s")
+    return current
+
+
+@instances_app.command("list")
+def instances_list(
+    state: Annotated[str | None, typer.Option(help="Only this state")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List instances."""
+    data = _call("GET", "/v1/instances", params={"state": state} if state else None)["data"]
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table("id", "state", "model", "gpu", "$/h", "created", "expires")
+    for i in data:
+        table.add_row(
+            i["id"],
+            i["state"],
+            i["model"],
+            i["gpu_type"],
+            i["hourly_price_usd"],
+            i["created_at"],
+            i["expires_at"],
+        )
+    out.print(table)
+
+
+@instances_app.command("get")
+def instances_get(instance_id: str) -> None:
+    """Show one instance as JSON."""
+    print(json.dumps(_call("GET", f"/v1/instances/{instance_id}"), indent=2))
+
+
+@instances_app.command("destroy")
+def instances_destroy(instance_id: str) -> None:
+    """Destroy an instance and everything it held."""
+    done = _call("DELETE", f"/v1/instances/{instance_id}")
+    out.print(f"instance [bold]{done['id']}[/] {done['state']}")
+
+
+# -- keys --------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Label")] = "",
+    instance: Annotated[str | None, typer.Option(help="Make an auxk_ key for it")] = None,
+    test: Annotated[bool | None, typer.Option("--test/--live", help="Key mode")] = None,
+) -> None:
+    """Create an API key (printed once)."""
+    body: dict[str, Any] = {"name": name}
+    if instance:
+        body["instance_id"] = instance
+    if test is not None:
+        body["livemode"] = not test
+    made = _call("POST", "/v1/keys", json=body)
+    out.print(f"key [bold]{made['id']}[/] ({made['kind']}) - shown once:")
+    out.print(made["key"], markup=False, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonOpt = False) -> None:
+    """List API keys (never their secrets)."""
+    data = _call("GET", "/v1/keys")["data"]
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table("id", "kind", "prefix", "name", "instance", "created", "last used")
+    for k in data:
+        table.add_row(
+            k["id"],
+            k["kind"],
+            k["prefix"],
+            k["name"],
+            k["instance_id"] or "",
+            k["created_at"],
+            k["last_used_at"] or "never",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key."""
+    done = _call("DELETE", f"/v1/keys/{key_id}")
+    out.print(f"key [bold]{done['id']}[/] revoked at {done['revoked_at']}")
+
+
+@app.command()
+def usage(
+    instance: Annotated[str | None, typer.Option(help="Only this instance")] = None,
+) -> None:
+    """Tokens, GPU time and cost."""
+    params = {"instance_id": instance} if instance else None
+    print(json.dumps(_call("GET", "/v1/usage", params=params), indent=2))
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+if __name__ == "__main__":
+    app()

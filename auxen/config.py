@@ -1,0 +1,130 @@
+"""Configuration: every setting comes from `AUXEN_*` environment variables (or defaults).
+
+Secrets (the master key, provider keys) are read from the environment only and are never
+written anywhere except, in development mode, a generated master key kept in the data
+directory so a restarted dev server can still open what it sealed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import shlex
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VLLM_COMMAND = "vllm serve"
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run a server (for example production without a master key)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUXEN_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    master_key: SecretStr | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+
+    provider: Literal["local"] = "local"
+    # The command that starts vLLM's OpenAI server; the local provider appends the model
+    # path and its own flags. GPU hosts: "vllm serve". CPU build: a venv's
+    # "python -m vllm.entrypoints.openai.api_server" (its console script is broken).
+    vllm_command: str = DEFAULT_VLLM_COMMAND
+    vllm_extra_args: str = ""
+    vllm_ready_timeout_s: float = 600.0
+    vllm_max_model_len: int | None = None
+    vllm_dtype: str | None = None
+    vllm_cpu_kvcache_gib: int | None = None
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    default_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    reconcile_interval_s: float = Field(default=15.0, gt=0)
+    usage_flush_interval_s: float = Field(default=0.2, gt=0)
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return normalise_database_url(
+            self.database_url or f"sqlite:///{self.data_dir.resolve() / 'auxen.db'}"
+        )
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.data_dir.resolve() / "instances"
+
+    @property
+    def vllm_argv(self) -> list[str]:
+        return shlex.split(self.vllm_command) + shlex.split(self.vllm_extra_args)
+
+    @cached_property
+    def master_key_bytes(self) -> bytes:
+        """The 32-byte master key every sealing key is derived from."""
+        if self.master_key is not None:
+            return decode_master_key(self.master_key.get_secret_value())
+        if self.is_production:
+            raise ConfigError(
+                "AUXEN_MASTER_KEY is required when AUXEN_ENV=production "
+                '(32 random bytes, base64: `python -c "import secrets,base64;'
+                'print(base64.b64encode(secrets.token_bytes(32)).decode())"`)'
+            )
+        return _dev_master_key(self.data_dir.resolve())
+
+
+def normalise_database_url(url: str) -> str:
+    """Map plain URLs onto the async drivers Auxen uses (aiosqlite, asyncpg)."""
+    for plain, driver in (
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg://", "postgresql+asyncpg://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def decode_master_key(value: str) -> bytes:
+    try:
+        key = base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise ConfigError("AUXEN_MASTER_KEY must be base64") from exc
+    if len(key) != 32:
+        raise ConfigError("AUXEN_MASTER_KEY must decode to exactly 32 bytes")
+    return key
+
+
+def _dev_master_key(data_dir: Path) -> bytes:
+    path = data_dir / "master.key"
+    if path.exists():
+        return decode_master_key(path.read_text().strip())
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    path.touch(mode=0o600)
+    path.write_text(base64.b64encode(key).decode() + "\n")
+    log.warning(
+        "development mode: generated a master key at %s; set AUXEN_MASTER_KEY "
+        "(and AUXEN_ENV=production) in production",
+        path,
+    )
+    return key

@@ -1,0 +1,1 @@
+"""Inference: providers, the instance lifecycle, the OpenAI-compatible proxy, usage capture."""

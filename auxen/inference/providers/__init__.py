@@ -1,0 +1,14 @@
+"""GPU providers behind one small interface (see `base.Provider`)."""
+
+from __future__ import annotations
+
+from auxen.config import Settings
+from auxen.inference.providers.base import Provider
+
+
+def build_provider(settings: Settings) -> Provider:
+    if settings.provider == "local":
+        from auxen.inference.providers.local import LocalVllmProvider
+
+        return LocalVllmProvider(settings)
+    raise ValueError(f"unknown provider {settings.provider!r}")

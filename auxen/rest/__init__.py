@@ -1,0 +1,1 @@
+"""The REST API: thin HTTP adapters over `auxen.tools`."""

@@ -1,0 +1,47 @@
+"""The running parts of one control plane, built once and shared by every adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from auxen.auth.authenticate import KeyAuthenticator
+from auxen.config import Settings
+from auxen.inference.lifecycle import InstanceManager
+from auxen.inference.providers import build_provider
+from auxen.inference.providers.base import Provider
+from auxen.inference.usage import UsageRecorder
+from auxen.store.db import Database
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    provider: Provider
+    instances: InstanceManager
+    auth: KeyAuthenticator
+    usage: UsageRecorder
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        settings.master_key_bytes  # noqa: B018  (fail fast in production without a key)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url)
+        provider = build_provider(settings)
+        auth = KeyAuthenticator(db)
+        manager = InstanceManager(db, provider, settings, on_change=auth.forget_instance)
+        usage = UsageRecorder(db, settings.usage_flush_interval_s)
+        return cls(settings, db, provider, manager, auth, usage)
+
+    async def start(self, *, background: bool = True) -> None:
+        await self.db.migrate()
+        await self.instances.reconcile()
+        if background:
+            self.instances.start_reconciler()
+            self.usage.start()
+
+    async def close(self) -> None:
+        await self.instances.close()
+        await self.usage.close()
+        await self.auth.close()
+        await self.db.close()

@@ -1,0 +1,1 @@
+"""Relational storage: SQLModel tables, the async engine, migrations and workspace scoping."""

@@ -1,0 +1,166 @@
+"""The relational model. See docs/storage.md for what each table may never contain.
+
+No table holds prompts, completions or retrieved text. Secrets are stored only as hashes
+(API keys) or sealed ciphertext (the upstream vLLM key of an instance).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from auxen.store.ids import new_id
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class EnumText(sa.types.TypeDecorator[enum.StrEnum]):
+    """A string enum stored as its plain value (VARCHAR), read back as the enum."""
+
+    impl = sa.String(16)
+    cache_ok = True
+
+    def __init__(self, enum_cls: type[enum.StrEnum]) -> None:
+        super().__init__()
+        self.enum_cls = enum_cls
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        return None if value is None else self.enum_cls(value).value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> enum.StrEnum | None:
+        return None if value is None else self.enum_cls(value)
+
+
+def _ts(nullable: bool = True, index: bool = False) -> sa.Column[datetime]:
+    return sa.Column(sa.DateTime(timezone=True), nullable=nullable, index=index)
+
+
+class Role(enum.StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class KeyKind(enum.StrEnum):
+    ACCOUNT = "account"
+    INSTANCE = "instance"
+
+
+class InstanceState(enum.StrEnum):
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    DESTROYED = "destroyed"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (InstanceState.DESTROYED, InstanceState.FAILED)
+
+
+class TenantScoped:
+    """Marker for tables whose rows belong to one workspace.
+
+    Sessions opened for a workspace filter every query on these tables by
+    `workspace_id` automatically (see `auxen.store.db`).
+    """
+
+    workspace_id: str
+
+
+class Workspace(SQLModel, table=True):
+    id: str = Field(default_factory=lambda: new_id("ws"), primary_key=True, max_length=32)
+    name: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class User(SQLModel, table=True):
+    id: str = Field(default_factory=lambda: new_id("usr"), primary_key=True, max_length=32)
+    email: str = Field(max_length=320, unique=True, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class Membership(TenantScoped, SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "user_id"),)
+
+    id: str = Field(default_factory=lambda: new_id("mem"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    user_id: str = Field(foreign_key="user.id", index=True, max_length=32)
+    role: Role = Field(sa_column=sa.Column(EnumText(Role), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class ApiKey(TenantScoped, SQLModel, table=True):
+    """A bearer key. `id` is the public key id embedded in the key itself, so lookup is
+    a primary-key read; only the SHA-256 of the whole key is stored."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    kind: KeyKind = Field(sa_column=sa.Column(EnumText(KeyKind), nullable=False))
+    livemode: bool
+    instance_id: str | None = Field(default=None, index=True, max_length=32)
+    name: str = Field(default="", max_length=200)
+    display_prefix: str = Field(max_length=64)
+    secret_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    last_used_at: datetime | None = Field(default=None, sa_column=_ts())
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class Instance(TenantScoped, SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "idempotency_key"),)
+
+    id: str = Field(default_factory=lambda: new_id("inst"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    livemode: bool
+    model: str = Field(max_length=500)
+    gpu_type: str = Field(max_length=64)
+    tier: str = Field(max_length=32)
+    provider: str = Field(max_length=32)
+    provider_id: str | None = Field(default=None, max_length=200)
+    state: InstanceState = Field(
+        sa_column=sa.Column(EnumText(InstanceState), nullable=False, index=True)
+    )
+    upstream_url: str | None = Field(default=None, max_length=500)
+    upstream_key_sealed: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
+    hourly_price_micros: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    ttl_seconds: int
+    expires_at: datetime = Field(sa_column=_ts(nullable=False, index=True))
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    destroy_reason: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    ready_at: datetime | None = Field(default=None, sa_column=_ts())
+    stopped_at: datetime | None = Field(default=None, sa_column=_ts())
+    destroyed_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class UsageRecord(TenantScoped, SQLModel, table=True):
+    """One proxied inference call: counts and timings only, never content."""
+
+    __tablename__ = "usage_record"
+
+    id: str = Field(default_factory=lambda: new_id("use"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    instance_id: str = Field(index=True, max_length=32)
+    api_key_id: str | None = Field(default=None, max_length=32)
+    endpoint: str = Field(max_length=64)
+    model: str = Field(max_length=500)
+    stream: bool
+    status_code: int
+    outcome: str = Field(max_length=32)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float
+    ttft_ms: float | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))

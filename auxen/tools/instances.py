@@ -1,0 +1,220 @@
+"""Instance operations: provision, list, get, destroy."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from auxen.auth.sealing import seal
+from auxen.billing.catalog import GPU_TYPES, OFFERED_TIERS, TIERS, gpu_types_for
+from auxen.runtime import Runtime
+from auxen.store.models import ApiKey, Instance, InstanceState, KeyKind
+from auxen.tools.context import Caller
+from auxen.tools.errors import Conflict, InvalidArgument, NotFound
+from auxen.tools.keys import new_key_row
+
+# A Hugging Face repo id (`org/name`, or a bare name).
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[\w.\-]{1,96})?$")
+
+
+class ProvisionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        min_length=1,
+        max_length=500,
+        description="Hugging Face model id (org/name) or a model directory on the server",
+    )
+    gpu_type: str | None = Field(
+        default=None, max_length=64, description="GPU type; defaults to the provider's first"
+    )
+    tier: str = Field(default="dedicated", description="dedicated (single-tenant)")
+    ttl: int | None = Field(
+        default=None, description="Seconds until the instance is destroyed automatically"
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Retrying with the same key returns the same instance",
+    )
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    instance: Instance
+    instance_key: str | None  # plaintext auxk_ key, shown once
+    replayed: bool  # an earlier request with the same idempotency key made it
+
+
+def _validate(rt: Runtime, req: ProvisionRequest) -> tuple[str, int]:
+    provider = rt.provider.name
+    offered = [g.id for g in gpu_types_for(provider)]
+    gpu_type = req.gpu_type or offered[0]
+    if gpu_type not in offered:
+        known = "" if gpu_type in GPU_TYPES else "unknown GPU type; "
+        raise InvalidArgument(
+            f"{known}gpu_type {gpu_type!r} is not offered by provider {provider!r}; "
+            f"choose one of: {', '.join(offered)}",
+            param="gpu_type",
+        )
+    if req.tier not in TIERS:
+        raise InvalidArgument(f"tier must be one of: {', '.join(TIERS)}", param="tier")
+    if req.tier not in OFFERED_TIERS:
+        raise InvalidArgument(
+            f"tier {req.tier!r} is not offered yet; use: {', '.join(OFFERED_TIERS)}",
+            param="tier",
+        )
+    ttl = req.ttl if req.ttl is not None else rt.settings.default_ttl_seconds
+    if not 60 <= ttl <= rt.settings.max_ttl_seconds:
+        raise InvalidArgument(
+            f"ttl must be between 60 and {rt.settings.max_ttl_seconds} seconds", param="ttl"
+        )
+    if req.model.startswith(("/", "./", "../", "~")):
+        path = Path(req.model).expanduser()
+        if not (path / "config.json").is_file():
+            raise InvalidArgument(
+                f"model directory {req.model!r} does not exist on the server or has no config.json",
+                param="model",
+            )
+    elif not _HF_ID.match(req.model):
+        raise InvalidArgument(
+            "model must be a Hugging Face id like 'org/name' or an absolute directory path",
+            param="model",
+        )
+    return gpu_type, ttl
+
+
+async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest) -> Provisioned:
+    """Create an instance and start bringing it up; returns at once in `provisioning`."""
+    caller.require_account()
+    gpu_type, ttl = _validate(rt, req)
+    if req.idempotency_key is not None:
+        replay = await _replay(rt, caller, req, gpu_type, ttl)
+        if replay is not None:
+            return replay
+    now = datetime.now(UTC)
+    instance = Instance(
+        workspace_id=caller.workspace_id,
+        livemode=caller.livemode,
+        model=req.model,
+        gpu_type=gpu_type,
+        tier=req.tier,
+        provider=rt.provider.name,
+        state=InstanceState.PENDING,
+        hourly_price_micros=GPU_TYPES[gpu_type].hourly_price_micros,
+        ttl_seconds=ttl,
+        expires_at=now + timedelta(seconds=ttl),
+        idempotency_key=req.idempotency_key,
+        created_at=now,
+    )
+    # The upstream key is sealed and stored before any process exists, so a crash
+    # mid-start still leaves the control plane able to reach (or clean up) the server.
+    instance.upstream_key_sealed = seal(
+        rt.settings.master_key_bytes, caller.workspace_id, secrets.token_urlsafe(32)
+    )
+    try:
+        async with rt.db.scoped(caller.workspace_id) as session:
+            session.add(instance)
+            _, plaintext = new_key_row(
+                session, caller.workspace_id, KeyKind.INSTANCE,
+                livemode=caller.livemode, name="default", instance_id=instance.id,
+            )  # fmt: skip
+            await session.commit()
+    except IntegrityError:
+        # A concurrent request with the same idempotency key won the race.
+        replay = await _replay(rt, caller, req, gpu_type, ttl)
+        if replay is None:
+            raise
+        return replay
+    await rt.instances.launch(instance.id)
+    instance.state = InstanceState.PROVISIONING
+    return Provisioned(instance, plaintext, replayed=False)
+
+
+async def _replay(
+    rt: Runtime, caller: Caller, req: ProvisionRequest, gpu_type: str, ttl: int
+) -> Provisioned | None:
+    async with rt.db.scoped(caller.workspace_id) as session:
+        existing = (
+            await session.exec(
+                select(Instance).where(col(Instance.idempotency_key) == req.idempotency_key)
+            )
+        ).first()
+        if existing is None:
+            return None
+        if (existing.model, existing.gpu_type, existing.tier, existing.ttl_seconds) != (
+            req.model, gpu_type, req.tier, ttl,
+        ) or existing.livemode != caller.livemode:  # fmt: skip
+            raise Conflict(
+                f"idempotency_key {req.idempotency_key!r} was already used for instance "
+                f"{existing.id} with different parameters; use a new key",
+                param="idempotency_key",
+            )
+        # The first response (with the key) may have been lost: if its instance key was
+        # never used, replace it so the retry can hand out a working key.
+        plaintext: str | None = None
+        if not existing.state.is_terminal:
+            keys = (
+                await session.exec(select(ApiKey).where(col(ApiKey.instance_id) == existing.id))
+            ).all()
+            if all(k.last_used_at is None for k in keys):
+                for key in keys:
+                    await session.delete(key)
+                _, plaintext = new_key_row(
+                    session, caller.workspace_id, KeyKind.INSTANCE,
+                    livemode=existing.livemode, name="default", instance_id=existing.id,
+                )  # fmt: skip
+                await session.commit()
+                for key in keys:
+                    rt.auth.forget_key(key.id)
+        return Provisioned(existing, plaintext, replayed=True)
+
+
+async def get_instance(rt: Runtime, caller: Caller, instance_id: str) -> Instance:
+    if caller.instance_id is not None and caller.instance_id != instance_id:
+        raise NotFound(f"no instance {instance_id}", param="instance_id")
+    async with rt.db.scoped(caller.workspace_id) as session:
+        instance = await session.get(Instance, instance_id)
+    if instance is None or instance.livemode != caller.livemode:
+        raise NotFound(
+            f"no instance {instance_id} in this workspace ({_mode(caller)} mode)",
+            param="instance_id",
+        )
+    return instance
+
+
+async def list_instances(
+    rt: Runtime, caller: Caller, *, state: InstanceState | None = None, limit: int = 100
+) -> list[Instance]:
+    caller.require_account()
+    if not 1 <= limit <= 1000:
+        raise InvalidArgument("limit must be between 1 and 1000", param="limit")
+    async with rt.db.scoped(caller.workspace_id) as session:
+        query = (
+            select(Instance)
+            .where(col(Instance.livemode) == caller.livemode)
+            .order_by(col(Instance.created_at).desc())
+            .limit(limit)
+        )
+        if state is not None:
+            query = query.where(col(Instance.state) == state.value)
+        return list((await session.exec(query)).all())
+
+
+async def destroy_instance(rt: Runtime, caller: Caller, instance_id: str) -> Instance:
+    """Stop the instance and delete everything it held. Repeating it is harmless."""
+    caller.require_account()
+    instance = await get_instance(rt, caller, instance_id)
+    return await rt.instances.destroy(instance.id)
+
+
+def _mode(caller: Caller) -> str:
+    return "live" if caller.livemode else "test"

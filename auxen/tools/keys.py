@@ -1,0 +1,110 @@
+"""API key operations: create (shown once), list, revoke."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from auxen.auth.keys import mint_key
+from auxen.runtime import Runtime
+from auxen.store.models import ApiKey, Instance, KeyKind
+from auxen.tools.context import Caller
+from auxen.tools.errors import InvalidArgument, NotFound
+
+
+class CreateKeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=200, description="A label to recognise the key by")
+    instance_id: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Mint an instance key (auxk_) for this instance instead of an account key",
+    )
+    livemode: bool | None = Field(
+        default=None,
+        description="Account keys only: live (auxen_live_) or test (auxen_test_); "
+        "defaults to the calling key's mode",
+    )
+
+
+def new_key_row(
+    session: AsyncSession,
+    workspace_id: str,
+    kind: KeyKind,
+    *,
+    livemode: bool,
+    name: str = "",
+    instance_id: str | None = None,
+) -> tuple[ApiKey, str]:
+    """Add a key row to `session` (the caller commits); returns it and the plaintext."""
+    minted = mint_key(kind, livemode=livemode)
+    row = ApiKey(
+        id=minted.key_id,
+        workspace_id=workspace_id,
+        kind=kind,
+        livemode=livemode,
+        instance_id=instance_id,
+        name=name,
+        display_prefix=minted.display_prefix,
+        secret_hash=minted.secret_hash,
+    )
+    session.add(row)
+    return row, minted.plaintext
+
+
+async def create_key(rt: Runtime, caller: Caller, req: CreateKeyRequest) -> tuple[ApiKey, str]:
+    caller.require_account()
+    async with rt.db.scoped(caller.workspace_id) as session:
+        if req.instance_id is not None:
+            if req.livemode is not None:
+                raise InvalidArgument(
+                    "instance keys take their instance's mode; omit livemode", param="livemode"
+                )
+            instance = await session.get(Instance, req.instance_id)
+            if instance is None or instance.livemode != caller.livemode:
+                raise NotFound(f"no instance {req.instance_id}", param="instance_id")
+            if instance.state.is_terminal:
+                raise InvalidArgument(
+                    f"instance {instance.id} is {instance.state.value}; keys can only be "
+                    "created for live instances",
+                    param="instance_id",
+                )
+            row, plaintext = new_key_row(
+                session, caller.workspace_id, KeyKind.INSTANCE,
+                livemode=instance.livemode, name=req.name, instance_id=instance.id,
+            )  # fmt: skip
+        else:
+            livemode = caller.livemode if req.livemode is None else req.livemode
+            row, plaintext = new_key_row(
+                session, caller.workspace_id, KeyKind.ACCOUNT, livemode=livemode, name=req.name
+            )
+        await session.commit()
+    return row, plaintext
+
+
+async def list_keys(rt: Runtime, caller: Caller, *, include_revoked: bool = False) -> list[ApiKey]:
+    caller.require_account()
+    async with rt.db.scoped(caller.workspace_id) as session:
+        query = select(ApiKey).order_by(col(ApiKey.created_at).desc())
+        if not include_revoked:
+            query = query.where(col(ApiKey.revoked_at).is_(None))
+        return list((await session.exec(query)).all())
+
+
+async def revoke_key(rt: Runtime, caller: Caller, key_id: str) -> ApiKey:
+    """Revoke a key; revoking a revoked key changes nothing and succeeds."""
+    caller.require_account()
+    async with rt.db.scoped(caller.workspace_id) as session:
+        row = await session.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"no API key {key_id}", param="key_id")
+        if row.revoked_at is None:
+            row.revoked_at = datetime.now(UTC)
+            session.add(row)
+            await session.commit()
+    rt.auth.forget_key(key_id)
+    return row

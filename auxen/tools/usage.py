@@ -1,0 +1,78 @@
+"""Usage: tokens, requests, GPU time and its cost, per instance and in total."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from auxen.runtime import Runtime
+from auxen.store.models import Instance, UsageRecord
+from auxen.tools.context import Caller
+from auxen.tools.views import _iso, micros_to_usd
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+async def get_usage(
+    rt: Runtime, caller: Caller, *, instance_id: str | None = None, since: datetime | None = None
+) -> dict[str, Any]:
+    caller.require_account()
+    now = datetime.now(UTC)
+    async with rt.db.scoped(caller.workspace_id) as session:
+        instances_q = select(Instance).where(col(Instance.livemode) == caller.livemode)
+        if instance_id is not None:
+            instances_q = instances_q.where(col(Instance.id) == instance_id)
+        instances = {i.id: i for i in (await session.exec(instances_q)).all()}
+        usage_q = (
+            select(
+                UsageRecord.instance_id,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(UsageRecord.prompt_tokens), 0),
+                sa.func.coalesce(sa.func.sum(UsageRecord.completion_tokens), 0),
+            )
+            .where(col(UsageRecord.instance_id).in_(list(instances)))
+            .group_by(col(UsageRecord.instance_id))
+        )
+        if since is not None:
+            usage_q = usage_q.where(col(UsageRecord.created_at) >= since)
+        tokens = {row[0]: row[1:] for row in (await session.exec(usage_q)).all()}
+    per_instance: list[dict[str, Any]] = []
+    for inst in instances.values():
+        requests, prompt, completion = tokens.get(inst.id, (0, 0, 0))
+        start = _aware(inst.created_at)
+        if since is not None:
+            start = max(start, since)
+        end = _aware(inst.stopped_at or inst.destroyed_at or now)
+        gpu_seconds = max(0.0, (end - start).total_seconds())
+        cost = round(gpu_seconds * inst.hourly_price_micros / 3600)
+        per_instance.append(
+            {
+                "instance_id": inst.id,
+                "model": inst.model,
+                "state": inst.state.value,
+                "requests": int(requests),
+                "prompt_tokens": int(prompt),
+                "completion_tokens": int(completion),
+                "gpu_seconds": round(gpu_seconds, 3),
+                "cost_micros": cost,
+                "cost_usd": micros_to_usd(cost),
+            }
+        )
+    total_cost = sum(i["cost_micros"] for i in per_instance)
+    return {
+        "object": "usage",
+        "since": _iso(since),
+        "until": _iso(now),
+        "requests": sum(i["requests"] for i in per_instance),
+        "prompt_tokens": sum(i["prompt_tokens"] for i in per_instance),
+        "completion_tokens": sum(i["completion_tokens"] for i in per_instance),
+        "gpu_seconds": round(sum(i["gpu_seconds"] for i in per_instance), 3),
+        "cost_micros": total_cost,
+        "cost_usd": micros_to_usd(total_cost),
+        "instances": per_instance,
+    }
