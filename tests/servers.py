@@ -1,0 +1,129 @@
+"""Starting real Auxen servers (`auxen serve` subprocesses) for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+REPO = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = Path(os.environ.get("AUXEN_TEST_VLLM_PYTHON", REPO / ".venv-vllm/bin/python"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def vllm_env() -> dict[str, str]:
+    """Settings that make the local provider run vLLM's CPU build with the tiny model."""
+    return {
+        "AUXEN_VLLM_COMMAND": f"{VLLM_PYTHON} -m vllm.entrypoints.openai.api_server",
+        "AUXEN_VLLM_MAX_MODEL_LEN": "512",
+        "AUXEN_VLLM_DTYPE": "float32",
+        "AUXEN_VLLM_CPU_KVCACHE_GIB": "1",
+        "AUXEN_VLLM_READY_TIMEOUT_S": "300",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+@dataclass
+class AuxenServer:
+    data_dir: Path
+    database_url: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"server-{self.port}.log"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUXEN_")}
+        env.update(
+            AUXEN_DATA_DIR=str(self.data_dir),
+            AUXEN_DATABASE_URL=self.database_url,
+            AUXEN_PORT=str(self.port),
+            AUXEN_RECONCILE_INTERVAL_S="1",
+            AUXEN_USAGE_FLUSH_INTERVAL_S="0.1",
+            **vllm_env(),
+            **self.extra_env,
+        )
+        return env
+
+    def cli(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "auxen.cli.main", *args],
+            env={**self.env(), "AUXEN_URL": self.url, **env},
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=600,
+        )
+
+    def init_workspace(self, email: str, *, test: bool = False) -> str:
+        result = self.cli("init", "--email", email, *(["--test"] if test else []))
+        for line in result.stdout.splitlines():
+            if line.startswith(("auxen_live_", "auxen_test_")):
+                return line.strip()
+        raise AssertionError(f"auxen init printed no key:\n{result.stdout}\n{result.stderr}")
+
+    def start(self) -> AuxenServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "auxen.cli.main", "serve"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"auxen serve exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx2.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx2.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("auxen serve did not become healthy in 60 s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=60)
+        self.proc = None
+
+    def client(self, key: str | None) -> httpx2.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx2.Client(base_url=self.url, headers=headers, timeout=120)
+
+
+def wait_for_state(
+    http: httpx2.Client, instance_id: str, states: set[str], timeout: float = 400
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current: dict[str, Any] = http.get(f"/v1/instances/{instance_id}").json()
+        if current["state"] in states:
+            return current
+        time.sleep(0.5)
+    raise AssertionError(f"{instance_id} never reached {states}; last: {current}")
