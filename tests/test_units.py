@@ -1,0 +1,80 @@
+"""Keys, sealing and configuration rules, checked directly."""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from auxen.auth.keys import KEY_ID_LENGTH, SECRET_LENGTH, key_matches, mint_key, parse_key
+from auxen.auth.sealing import UnsealError, seal, unseal
+from auxen.config import ConfigError, Settings, normalise_database_url
+from auxen.store.models import KeyKind
+
+
+@pytest.mark.parametrize(("kind", "live", "prefix"), [
+    (KeyKind.ACCOUNT, True, "auxen_live_"), (KeyKind.ACCOUNT, False, "auxen_test_"),
+    (KeyKind.INSTANCE, True, "auxk_"),
+])
+def test_minted_keys_parse_and_verify(kind: KeyKind, live: bool, prefix: str) -> None:
+    key = mint_key(kind, livemode=live)
+    assert key.plaintext.startswith(prefix)
+    parsed = parse_key(key.plaintext)
+    assert parsed is not None and parsed.key_id == key.key_id and parsed.kind is kind
+    assert key_matches(key.plaintext, key.secret_hash)
+    assert not key_matches(key.plaintext[:-1] + "x", key.secret_hash)
+    assert not key_matches(key.plaintext, None)
+    assert key.plaintext not in key.display_prefix and len(key.display_prefix) < 20
+
+
+def test_keys_carry_at_least_128_bits_of_secret() -> None:
+    assert SECRET_LENGTH * math.log2(62) >= 128
+    keys = {mint_key(KeyKind.ACCOUNT, livemode=True).plaintext for _ in range(1000)}
+    assert len(keys) == 1000
+
+
+@pytest.mark.parametrize("bad", [
+    "", "auxen_live_", "auxen_live_short", "sk-123", "auxen_live_" + "!" * 48,
+    "auxen_prod_" + "a" * 48, "auxk_" + "a" * (KEY_ID_LENGTH + SECRET_LENGTH + 1),
+])
+def test_malformed_keys_do_not_parse(bad: str) -> None:
+    assert parse_key(bad) is None
+
+
+def test_sealing_is_per_workspace_and_tamper_evident() -> None:
+    master = os.urandom(32)
+    box = seal(master, "ws_a", "upstream-secret")
+    assert b"upstream-secret" not in box
+    assert unseal(master, "ws_a", box) == "upstream-secret"
+    with pytest.raises(UnsealError):
+        unseal(master, "ws_b", box)
+    with pytest.raises(UnsealError):
+        unseal(os.urandom(32), "ws_a", box)
+    tampered = box[:-1] + bytes([box[-1] ^ 1])
+    with pytest.raises(UnsealError):
+        unseal(master, "ws_a", tampered)
+
+
+def test_production_refuses_to_start_without_a_master_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="AUXEN_MASTER_KEY"):
+        _ = Settings(env="production", data_dir=tmp_path).master_key_bytes
+    assert not (tmp_path / "master.key").exists()
+    key = base64.b64encode(os.urandom(32)).decode()
+    assert len(Settings(env="production", master_key=key).master_key_bytes) == 32
+    with pytest.raises(ConfigError):
+        _ = Settings(master_key="c2hvcnQ=").master_key_bytes
+
+
+def test_development_generates_one_master_key_and_keeps_it(tmp_path: Path) -> None:
+    first = Settings(data_dir=tmp_path).master_key_bytes
+    assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
+    assert Settings(data_dir=tmp_path).master_key_bytes == first
+
+
+def test_database_urls_map_to_async_drivers() -> None:
+    assert normalise_database_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    assert normalise_database_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert normalise_database_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
