@@ -12,25 +12,29 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from auxen.auth.sealing import unseal
 from auxen.httputil import bearer, openai_error, read_json_body
+from auxen.inference.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from auxen.runtime import Runtime
-from auxen.store.models import Instance, InstanceState, KeyKind, UsageRecord
+from auxen.store.models import Instance, InstanceState, KeyKind
 from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
 
 log = logging.getLogger(__name__)
 
 TARGET_TTL_S = 5.0
+# A delta or completion chunk carrying text; and a chunk carrying a usage object.
+_NON_EMPTY_TEXT = re.compile(rb'"(?:content|text)":\s*"(?!")')
+_USAGE_OBJECT = re.compile(rb'"usage":\s*\{')
 
 
 @dataclass(frozen=True)
@@ -48,16 +52,15 @@ class InferenceProxy:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._targets: dict[str, tuple[Target, float]] = {}
-        self.client = httpx2.AsyncClient(
-            timeout=httpx2.Timeout(600.0, connect=5.0),
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=200),
-        )
+        self.upstream = UpstreamPool()
 
     def forget(self, instance_id: str) -> None:
-        self._targets.pop(instance_id, None)
+        cached = self._targets.pop(instance_id, None)
+        if cached is not None and cached[0].base_url is not None:
+            self.upstream.forget_origin(cached[0].base_url)
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.upstream.close()
 
     # -- resolving the caller's instance --------------------------------------------
 
@@ -119,12 +122,13 @@ class InferenceProxy:
     async def models(self, request: Request) -> Response:
         _, target = await self.authorize(request)
         try:
-            upstream = await self.client.get(
-                f"{target.base_url}/v1/models", headers=_upstream_headers(target)
+            upstream = await self.upstream.request(
+                "GET", f"{target.base_url}/v1/models", _upstream_headers(target)
             )
-        except httpx2.HTTPError:
+            content = await upstream.read()
+        except UpstreamError:
             return _unreachable(target)
-        return _relay_json(upstream)
+        return _relay_json(upstream.status, content)
 
     async def chat_completions(self, request: Request) -> Response:
         return await self._generate(request, "chat/completions")
@@ -159,44 +163,43 @@ class InferenceProxy:
             wants_usage = options.get("include_usage") is True
             body["stream_options"] = {**options, "include_usage": True}
         meter = _Meter(self.rt, caller, target, path, stream, started)
-        upstream_request = self.client.build_request(
-            "POST",
-            f"{target.base_url}/v1/{path}",
-            content=json.dumps(body).encode(),
-            headers={**_upstream_headers(target), "Content-Type": "application/json"},
-        )
         try:
-            upstream = await self.client.send(upstream_request, stream=True)
-        except httpx2.HTTPError:
+            upstream = await self.upstream.request(
+                "POST",
+                f"{target.base_url}/v1/{path}",
+                {**_upstream_headers(target), "Content-Type": "application/json"},
+                json.dumps(body).encode(),
+            )
+        except UpstreamError:
             meter.finish(502, "upstream_unreachable")
             return _unreachable(target)
-        if upstream.status_code >= 400 or not stream:
+        if upstream.status >= 400 or not stream:
             try:
-                await upstream.aread()
-            except httpx2.HTTPError:
+                content = await upstream.read()
+            except UpstreamError:
                 meter.finish(502, "upstream_error")
                 return _unreachable(target)
             finally:
-                await upstream.aclose()
-            response = _relay_json(upstream)
-            if upstream.status_code < 400:
-                meter.take_usage(_usage_of(upstream))
-            meter.finish(response.status_code, "ok" if upstream.status_code < 400 else "error")
+                upstream.close()
+            response = _relay_json(upstream.status, content)
+            if upstream.status < 400:
+                meter.take_usage(_usage_of(content))
+            meter.finish(response.status_code, "ok" if upstream.status < 400 else "error")
             return response
         return StreamingResponse(
             self._relay_stream(upstream, meter, wants_usage),
-            status_code=upstream.status_code,
+            status_code=upstream.status,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     async def _relay_stream(
-        self, upstream: httpx2.Response, meter: _Meter, wants_usage: bool
+        self, upstream: UpstreamResponse, meter: _Meter, wants_usage: bool
     ) -> AsyncIterator[bytes]:
         outcome = "client_closed"
         pending = b""
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.iter_chunks():
                 pending += chunk
                 events = pending.split(b"\n\n")
                 pending = events.pop()
@@ -209,7 +212,7 @@ class InferenceProxy:
             if pending.strip():
                 yield pending
             outcome = "ok"
-        except httpx2.HTTPError:
+        except UpstreamError:
             outcome = "upstream_error"
             log.warning("upstream of %s broke off mid-stream", meter.target.instance_id)
             error = {
@@ -223,7 +226,7 @@ class InferenceProxy:
             }
             yield b"data: " + json.dumps(error).encode() + b"\n\n"
         finally:
-            await upstream.aclose()
+            upstream.close()
             meter.finish(200 if outcome == "ok" else 502, outcome)
 
 
@@ -254,26 +257,23 @@ class _Meter:
 
     def observe_event(self, event: bytes) -> bool:
         """Note what an SSE event carries; False if it is the usage-only chunk that
-        Auxen asked for on the caller's behalf."""
-        data = event.removeprefix(b"data: ").strip()
-        if not data.startswith(b"{"):
+        Auxen asked for on the caller's behalf. Byte checks first: most events are
+        token deltas, and parsing each one's JSON would dominate the relay's cost."""
+        if _NON_EMPTY_TEXT.search(event):
+            self.content_chunks += 1
+            if self.ttft_ms is None:
+                self.ttft_ms = (time.perf_counter() - self.started) * 1000
+        if not _USAGE_OBJECT.search(event):
             return True
         try:
-            payload = json.loads(data)
+            payload = json.loads(event.removeprefix(b"data: "))
         except ValueError:
             return True
-        choices = payload.get("choices")
-        if choices:
-            choice = choices[0]
-            text = (choice.get("delta") or {}).get("content") or choice.get("text")
-            if text:
-                self.content_chunks += 1
-                if self.ttft_ms is None:
-                    self.ttft_ms = (time.perf_counter() - self.started) * 1000
-        if payload.get("usage"):
-            self.take_usage(payload["usage"])
-            return bool(choices)
-        return True
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        if not usage:
+            return True
+        self.take_usage(usage)
+        return bool(payload.get("choices"))
 
     def finish(self, status_code: int, outcome: str) -> None:
         if self.done:
@@ -281,20 +281,18 @@ class _Meter:
         self.done = True
         completion = self.completion_tokens if self.saw_usage else self.content_chunks
         self.rt.usage.record(
-            UsageRecord(
-                workspace_id=self.target.workspace_id,
-                instance_id=self.target.instance_id,
-                api_key_id=self.caller.key_id,
-                endpoint=self.endpoint,
-                model=self.target.model,
-                stream=self.stream,
-                status_code=status_code,
-                outcome=outcome,
-                prompt_tokens=self.prompt_tokens,
-                completion_tokens=completion,
-                latency_ms=(time.perf_counter() - self.started) * 1000,
-                ttft_ms=self.ttft_ms,
-            )
+            workspace_id=self.target.workspace_id,
+            instance_id=self.target.instance_id,
+            api_key_id=self.caller.key_id,
+            endpoint=self.endpoint,
+            model=self.target.model,
+            stream=self.stream,
+            status_code=status_code,
+            outcome=outcome,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            latency_ms=(time.perf_counter() - self.started) * 1000,
+            ttft_ms=self.ttft_ms,
         )
 
 
@@ -303,42 +301,40 @@ def _upstream_headers(target: Target) -> dict[str, str]:
     return {"Authorization": f"Bearer {target.api_key}"}
 
 
-def _usage_of(upstream: httpx2.Response) -> dict[str, Any] | None:
+def _usage_of(content: bytes) -> dict[str, Any] | None:
     try:
-        usage = upstream.json().get("usage")
+        usage = json.loads(content).get("usage")
     except (ValueError, AttributeError):
         return None
     return usage if isinstance(usage, dict) else None
 
 
-def _relay_json(upstream: httpx2.Response) -> Response:
-    if upstream.status_code < 400:
-        return Response(
-            upstream.content, status_code=upstream.status_code, media_type="application/json"
-        )
-    if upstream.status_code in (401, 403):
+def _relay_json(status: int, content: bytes) -> Response:
+    if status < 400:
+        return Response(content, status_code=status, media_type="application/json")
+    if status in (401, 403):
         # Our own upstream key was refused: an Auxen fault, not the caller's.
         return openai_error(
             502, "the instance refused the control plane's credentials", type_="api_error"
         )
     try:
-        payload = upstream.json()
+        payload = json.loads(content)
     except ValueError:
         payload = None
     error = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(error, dict) and "message" in error:
         param = error.get("param")
         return openai_error(
-            upstream.status_code,
+            status,
             str(error["message"]),
-            type_="invalid_request_error" if upstream.status_code < 500 else "api_error",
+            type_="invalid_request_error" if status < 500 else "api_error",
             param=param.removeprefix("body.") if isinstance(param, str) else None,
             code=str(error.get("code")) if error.get("code") is not None else None,
         )
     return openai_error(
-        upstream.status_code,
-        f"the instance's inference server answered HTTP {upstream.status_code}",
-        type_="api_error" if upstream.status_code >= 500 else "invalid_request_error",
+        status,
+        f"the instance's inference server answered HTTP {status}",
+        type_="api_error" if status >= 500 else "invalid_request_error",
     )
 
 

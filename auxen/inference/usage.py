@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
+
+import sqlalchemy as sa
 
 from auxen.store.db import Database
-from auxen.store.models import UsageRecord
+from auxen.store.ids import new_id
+from auxen.store.models import UsageRecord, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +25,16 @@ class UsageRecorder:
     def __init__(self, db: Database, flush_interval_s: float) -> None:
         self.db = db
         self.flush_interval_s = flush_interval_s
-        self._buffer: list[UsageRecord] = []
+        self._buffer: list[dict[str, Any]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    def record(self, row: UsageRecord) -> None:
-        self._buffer.append(row)
+    def record(self, **fields: Any) -> None:
+        """Queue one usage row (the columns of UsageRecord). Plain dicts and one
+        executemany per batch keep metering cheap on the request path."""
+        fields.setdefault("id", new_id("use"))
+        fields.setdefault("created_at", utcnow())
+        self._buffer.append(fields)
 
     def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_forever(), name="usage-flusher")
@@ -37,9 +45,8 @@ class UsageRecorder:
             if not batch:
                 return
             try:
-                async with self.db.system() as session:
-                    session.add_all(batch)
-                    await session.commit()
+                async with self.db.engine.begin() as conn:
+                    await conn.execute(sa.insert(UsageRecord), batch)
             except Exception:
                 log.exception("could not write %d usage records; keeping them", len(batch))
                 self._buffer[:0] = batch
