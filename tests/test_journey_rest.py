@@ -103,6 +103,9 @@ def test_instances_become_ready_after_a_real_completion(world: World) -> None:
         ready = wait_for_state(world.http, world.made[name]["id"], {"ready", "failed"})
         assert ready["state"] == "ready", ready["last_error"]
         assert ready["ready_at"] is not None
+    # Let the third instance finish warming up too: on two cores a warm-up starves the
+    # other servers' API processes, and vLLM then sends its stream in bursts.
+    wait_for_state(world.http, world.made["ttl"]["id"], {"ready", "failed", "destroyed"})
     log = (world.server.data_dir / "instances" / world.made["a"]["id"] / "vllm.log").read_text()
     assert "/v1/completions" in log  # the second readiness stage really ran
 
@@ -149,9 +152,10 @@ def test_openai_sdk_works_unchanged(world: World) -> None:
 
 
 def test_streaming_is_not_buffered(world: World) -> None:
-    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 200,
+    """Tokens reach the caller while the upstream is still generating."""
+    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 400,
             "ignore_eos": True, "stream": True}
-    arrivals: list[float] = []
+    content_at: list[float] = []
     start = time.perf_counter()
     with httpx2.stream(
         "POST", f"{world.made['a']['endpoint']}/chat/completions", json=body,
@@ -159,11 +163,11 @@ def test_streaming_is_not_buffered(world: World) -> None:
     ) as reply:
         assert reply.status_code == 200
         assert reply.headers["content-type"].startswith("text/event-stream")
-        for _ in reply.iter_raw():
-            arrivals.append(time.perf_counter() - start)
-    # Events arrive spread over the generation, not as one block at the end.
-    assert len(arrivals) > 10
-    assert arrivals[0] < arrivals[-1] * 0.5
+        for line in reply.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                content_at.append(time.perf_counter() - start)
+    assert len(content_at) > 100
+    assert content_at[0] < 0.6 * content_at[-1], (content_at[0], content_at[-1])
 
 
 def test_usage_is_recorded_without_content(world: World) -> None:
@@ -174,8 +178,9 @@ def test_usage_is_recorded_without_content(world: World) -> None:
     )
     assert len(rows) >= 4
     assert {r[0] for r in rows} >= {"chat/completions", "completions"}
-    assert all(r[2] == 200 and r[3] == "ok" for r in rows)
-    assert all(r[4] > 0 and r[5] > 0 and r[6] > 0 for r in rows)
+    assert all(r[2] == 200 and r[3] in ("ok", "client_closed") for r in rows)
+    assert all(r[4] > 0 and r[6] > 0 for r in rows)
+    assert all(r[5] > 0 for r in rows if r[3] == "ok")
     assert any(r[1] and r[7] is not None for r in rows)  # streamed calls carry TTFT
     usage = world.http.get("/v1/usage", params={"instance_id": world.made["a"]["id"]}).json()
     assert usage["requests"] == len(rows)
