@@ -123,6 +123,11 @@ def test_unknown_ids_and_paths(api: Api) -> None:
         reply = api.http.request(method, path, json={})
         assert reply.status_code == 404, (path, reply.text)
         assert reply.json()["error"]["type"] == "not_found_error"
+    for path in ("/v1/instances/inst_nope/chat/completions",
+                 "/v1/instances/inst_nope/completions"):
+        reply = api.http.post(path, json={"messages": []})
+        assert reply.status_code == 404 and reply.json()["error"]["param"] == "instance_id"
+    assert api.http.get("/v1/instances/inst_nope/models").status_code == 404
     missing = api.http.get("/v1/nothing-here")
     assert missing.status_code == 404 and missing.json()["error"]["message"]
     wrong_method = api.http.put("/v1/instances")

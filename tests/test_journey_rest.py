@@ -277,6 +277,41 @@ def test_restarted_control_plane_reattaches_to_live_instances(world: World) -> N
     assert chat.usage is not None and chat.usage.completion_tokens == 2
 
 
+def test_cli_shows_and_manages_the_same_instances(world: World) -> None:
+    listed = json.loads(world.server.cli("instances", "list", "--json",
+                                         AUXEN_API_KEY=world.key).stdout)
+    assert world.made["a"]["id"] in {i["id"] for i in listed}
+    got = json.loads(world.server.cli("instances", "get", world.made["a"]["id"],
+                                      AUXEN_API_KEY=world.key).stdout)
+    assert got["state"] == "ready"
+    made = world.server.cli("keys", "create", "--instance", world.made["a"]["id"],
+                            AUXEN_API_KEY=world.key).stdout
+    extra_key = next(line for line in made.splitlines() if line.startswith("auxk_"))
+    chat = world.sdk("a", key=extra_key).chat.completions.create(
+        model=world.model, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    assert chat.usage is not None
+
+
+def test_destroy_during_provisioning_leaves_no_process(world: World) -> None:
+    made = world.http.post("/v1/instances", json={"model": world.model}).json()
+    world.made["short"] = made
+    done = world.http.delete(f"/v1/instances/{made['id']}")
+    assert done.status_code == 200 and done.json()["state"] == "destroyed"
+    time.sleep(2)  # a bring-up that was mid-spawn must not resurrect anything
+    assert world.http.get(f"/v1/instances/{made['id']}").json()["state"] == "destroyed"
+    assert not (world.server.data_dir / "instances" / made["id"]).exists()
+    leftovers = [p for p in Path("/proc").glob("[0-9]*/environ")
+                 if _environ_mentions(p, made["id"])]
+    assert leftovers == []
+
+
+def _environ_mentions(environ: Path, text: str) -> bool:
+    try:
+        return text.encode() in (environ.parent / "cmdline").read_bytes() + environ.read_bytes()
+    except OSError:
+        return False
+
+
 def test_ttl_destroys_the_instance(world: World) -> None:
     done = wait_for_state(world.http, world.made["ttl"]["id"], {"destroyed"}, timeout=120)
     assert done["destroy_reason"] == "ttl_expired"

@@ -78,3 +78,15 @@ def test_database_urls_map_to_async_drivers() -> None:
     assert normalise_database_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
     assert normalise_database_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
     assert normalise_database_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
+
+
+def test_server_refuses_production_without_master_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUXEN_")}
+    env.update(AUXEN_ENV="production", AUXEN_DATA_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "auxen.cli.main", "serve"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "AUXEN_MASTER_KEY" in result.stderr

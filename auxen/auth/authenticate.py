@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlmodel import col
 
-from auxen.auth.keys import key_matches, parse_key
+from auxen.auth.keys import hash_key, key_matches, parse_key
 from auxen.store.db import Database
 from auxen.store.models import ApiKey
 from auxen.tools.context import Caller
@@ -30,7 +30,7 @@ LAST_USED_RESOLUTION_S = 60.0
 class KeyAuthenticator:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._cache: dict[str, tuple[Caller, float]] = {}
+        self._cache: dict[bytes, tuple[Caller, float]] = {}
         self._last_used_written: dict[str, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -38,7 +38,8 @@ class KeyAuthenticator:
         if not token:
             raise Unauthenticated("missing API key: send `Authorization: Bearer <key>`")
         now = time.monotonic()
-        cached = self._cache.get(token)
+        digest = hash_key(token)  # the cache never holds a key in clear
+        cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
             self._touch(cached[0], now)
             return cached[0]
@@ -61,19 +62,19 @@ class KeyAuthenticator:
         )
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[token] = (caller, now + CACHE_TTL_S)
+        self._cache[digest] = (caller, now + CACHE_TTL_S)
         self._touch(caller, now)
         return caller
 
     def forget_key(self, key_id: str) -> None:
-        for token, (caller, _) in list(self._cache.items()):
+        for digest, (caller, _) in list(self._cache.items()):
             if caller.key_id == key_id:
-                del self._cache[token]
+                del self._cache[digest]
 
     def forget_instance(self, instance_id: str) -> None:
-        for token, (caller, _) in list(self._cache.items()):
+        for digest, (caller, _) in list(self._cache.items()):
             if caller.instance_id == instance_id:
-                del self._cache[token]
+                del self._cache[digest]
 
     def _touch(self, caller: Caller, now: float) -> None:
         """Record last use, at most once a minute per key, off the request path."""

@@ -51,6 +51,7 @@ class LocalVllmProvider:
         argv = self._argv(spec, port)
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SECRET_ENV_PREFIXES)}
         env["VLLM_API_KEY"] = spec.upstream_api_key
+        env["AUXEN_INSTANCE_ID"] = spec.instance_id  # lets operators (and tests) find it
         if self.settings.vllm_cpu_kvcache_gib is not None:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.vllm_cpu_kvcache_gib)
         with (workdir / LOG_FILE).open("ab") as log:
