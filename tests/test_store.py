@@ -45,12 +45,18 @@ def test_migrations_are_repeatable(database_url: str) -> None:
     run(database_url, body)
 
 
+async def _two_workspaces(db: Database) -> tuple[Workspace, Workspace]:
+    async with db.system() as s:
+        a, b = Workspace(name="a"), Workspace(name="b")
+        s.add_all([a, b])
+        await s.commit()
+    return a, b
+
+
 def test_scoped_sessions_never_see_another_workspace(database_url: str) -> None:
     async def body(db: Database) -> None:
+        a, b = await _two_workspaces(db)
         async with db.system() as s:
-            a, b = Workspace(name="a"), Workspace(name="b")
-            s.add_all([a, b])
-            await s.flush()
             ia, ib = _instance(a.id), _instance(b.id)
             s.add_all([ia, ib])
             await s.commit()
@@ -73,10 +79,7 @@ def test_scoped_sessions_never_see_another_workspace(database_url: str) -> None:
 
 def test_scoped_sessions_refuse_writes_for_another_workspace(database_url: str) -> None:
     async def body(db: Database) -> None:
-        async with db.system() as s:
-            a, b = Workspace(name="a"), Workspace(name="b")
-            s.add_all([a, b])
-            await s.commit()
+        a, b = await _two_workspaces(db)
         async with db.scoped(a.id) as s:
             s.add(ApiKey(id="k" * 16, workspace_id=b.id, kind=KeyKind.ACCOUNT, livemode=True,
                          display_prefix="x", secret_hash=b"\0" * 32))

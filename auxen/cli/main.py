@@ -199,21 +199,19 @@ def instances_list(
 ) -> None:
     """List instances."""
     data = _call("GET", "/v1/instances", params={"state": state} if state else None)["data"]
-    if as_json:
-        print(json.dumps(data, indent=2))
-        return
-    table = Table("id", "state", "model", "gpu", "$/h", "created", "expires")
-    for i in data:
-        table.add_row(
-            i["id"],
-            i["state"],
-            i["model"],
-            i["gpu_type"],
-            i["hourly_price_usd"],
-            i["created_at"],
-            i["expires_at"],
-        )
-    out.print(table)
+    _show(
+        data,
+        as_json,
+        {
+            "id": "id",
+            "state": "state",
+            "model": "model",
+            "gpu": "gpu_type",
+            "$/h": "hourly_price_usd",
+            "created": "created_at",
+            "expires": "expires_at",
+        },
+    )
 
 
 @instances_app.command("get")
@@ -253,21 +251,19 @@ def keys_create(
 def keys_list(as_json: JsonOpt = False) -> None:
     """List API keys (never their secrets)."""
     data = _call("GET", "/v1/keys")["data"]
-    if as_json:
-        print(json.dumps(data, indent=2))
-        return
-    table = Table("id", "kind", "prefix", "name", "instance", "created", "last used")
-    for k in data:
-        table.add_row(
-            k["id"],
-            k["kind"],
-            k["prefix"],
-            k["name"],
-            k["instance_id"] or "",
-            k["created_at"],
-            k["last_used_at"] or "never",
-        )
-    out.print(table)
+    _show(
+        data,
+        as_json,
+        {
+            "id": "id",
+            "kind": "kind",
+            "prefix": "prefix",
+            "name": "name",
+            "instance": "instance_id",
+            "created": "created_at",
+            "last used": "last_used_at",
+        },
+    )
 
 
 @keys_app.command("revoke")
@@ -284,6 +280,19 @@ def usage(
     """Tokens, GPU time and cost."""
     params = {"instance_id": instance} if instance else None
     print(json.dumps(_call("GET", "/v1/usage", params=params), indent=2))
+
+
+def _show(rows: list[dict[str, Any]], as_json: bool, columns: dict[str, str]) -> None:
+    """Rows as JSON, or as a table of `columns` (header -> field)."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(
+            *(str(row[field]) if row[field] is not None else "" for field in columns.values())
+        )
+    out.print(table)
 
 
 def _redact(url: str) -> str:
