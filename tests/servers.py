@@ -29,7 +29,7 @@ def vllm_env() -> dict[str, str]:
     """Settings that make the local provider run vLLM's CPU build with the tiny model."""
     return {
         "AUXEN_VLLM_COMMAND": f"{VLLM_PYTHON} -m vllm.entrypoints.openai.api_server",
-        "AUXEN_VLLM_MAX_MODEL_LEN": "512",
+        "AUXEN_VLLM_MAX_MODEL_LEN": "2048",
         "AUXEN_VLLM_DTYPE": "float32",
         "AUXEN_VLLM_CPU_KVCACHE_GIB": "1",
         "AUXEN_VLLM_READY_TIMEOUT_S": "300",

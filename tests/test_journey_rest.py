@@ -178,7 +178,7 @@ def test_usage_is_recorded_without_content(world: World) -> None:
     )
     assert len(rows) >= 4
     assert {r[0] for r in rows} >= {"chat/completions", "completions"}
-    assert all(r[2] == 200 and r[3] in ("ok", "client_closed") for r in rows)
+    assert all(r[2] == 200 and r[3] == "ok" for r in rows), rows
     assert all(r[4] > 0 and r[6] > 0 for r in rows)
     assert all(r[5] > 0 for r in rows if r[3] == "ok")
     assert any(r[1] and r[7] is not None for r in rows)  # streamed calls carry TTFT
@@ -242,8 +242,9 @@ def test_bad_inference_requests_get_clear_errors(world: World) -> None:
 
 def test_upstream_dying_mid_stream_ends_with_an_error_event(world: World) -> None:
     client = world.sdk("b")
+    # A long generation (seconds), killed as soon as the first tokens arrive.
     stream = client.chat.completions.create(
-        model=world.model, messages=[{"role": "user", "content": "long"}], max_tokens=400,
+        model=world.model, messages=[{"role": "user", "content": "long"}], max_tokens=1800,
         stream=True, extra_body={"ignore_eos": True},
     )
     received = 0
@@ -251,7 +252,7 @@ def test_upstream_dying_mid_stream_ends_with_an_error_event(world: World) -> Non
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 received += 1
-            if received == 5:
+            if received == 1:
                 os.killpg(world.provider_pid("b"), signal.SIGKILL)
     assert "stopped mid-stream" in str(caught.value)
     time.sleep(0.5)
@@ -259,7 +260,7 @@ def test_upstream_dying_mid_stream_ends_with_an_error_event(world: World) -> Non
         "SELECT outcome, completion_tokens FROM usage_record "
         f"WHERE instance_id = '{world.made['b']['id']}' AND outcome != 'ok'"
     )
-    assert rows and rows[0][0] == "upstream_error" and rows[0][1] >= 5
+    assert rows and rows[0][0] == "upstream_error" and 1 <= rows[0][1] < 1800
     # The reconciler notices the dead process: failed, with the log's end as the reason.
     failed = wait_for_state(world.http, world.made["b"]["id"], {"failed"}, timeout=30)
     assert "gone" in failed["last_error"]
