@@ -152,8 +152,12 @@ def test_openai_sdk_works_unchanged(world: World) -> None:
 
 
 def test_streaming_is_not_buffered(world: World) -> None:
-    """Tokens reach the caller while the upstream is still generating."""
-    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 400,
+    """Tokens reach the caller spread out as upstream produced them, not in one block.
+
+    On two cores vLLM itself sometimes emits a stream in bursts, so the caller's view is
+    compared with the proxy's own record of the upstream stream (the usage row's time to
+    first token and end) rather than with a fixed expectation."""
+    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 1500,
             "ignore_eos": True, "stream": True}
     content_at: list[float] = []
     start = time.perf_counter()
@@ -167,7 +171,14 @@ def test_streaming_is_not_buffered(world: World) -> None:
             if '"content":"' in line and '"content":""' not in line:
                 content_at.append(time.perf_counter() - start)
     assert len(content_at) > 100
-    assert content_at[0] < 0.6 * content_at[-1], (content_at[0], content_at[-1])
+    time.sleep(0.5)
+    ttft_ms, latency_ms = world.db_rows(
+        "SELECT ttft_ms, latency_ms FROM usage_record WHERE completion_tokens = 1500 "
+        f"AND instance_id = '{world.made['a']['id']}'"
+    )[-1]
+    upstream_spread = (latency_ms - ttft_ms) / 1000
+    caller_spread = content_at[-1] - content_at[0]
+    assert caller_spread >= 0.5 * upstream_spread - 0.05, (caller_spread, upstream_spread)
 
 
 def test_usage_is_recorded_without_content(world: World) -> None:
