@@ -30,7 +30,7 @@ from auxen.inference.providers.base import (
     ResourceStatus,
 )
 from auxen.store.db import Database
-from auxen.store.models import ApiKey, Instance, InstanceState
+from auxen.store.models import ApiKey, Instance, InstanceState, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class InstanceManager:
             resource = owned.get(instance.id)
             if instance.state is S.STOPPING:
                 await self.destroy(instance.id, instance.destroy_reason or "requested")
-            elif _aware(instance.expires_at) <= now:
+            elif as_utc(instance.expires_at) <= now:
                 await self.destroy(instance.id, "ttl_expired")
             elif resource is None:
                 await self._fail(
@@ -313,7 +313,3 @@ class InstanceManager:
         await asyncio.gather(*self._destroys.values(), return_exceptions=True)
         await self._http.aclose()
 
-
-def _aware(ts: datetime) -> datetime:
-    # SQLite returns naive datetimes even for timezone-aware columns; they are UTC.
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)

@@ -20,6 +20,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(ts: datetime) -> datetime:
+    """SQLite returns naive datetimes even for timezone-aware columns; they are UTC."""
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
 class EnumText(sa.types.TypeDecorator[enum.StrEnum]):
     """A string enum stored as its plain value (VARCHAR), read back as the enum."""
 

@@ -9,13 +9,9 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from auxen.runtime import Runtime
-from auxen.store.models import Instance, UsageRecord
+from auxen.store.models import Instance, UsageRecord, as_utc
 from auxen.tools.context import Caller
 from auxen.tools.views import _iso, micros_to_usd
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 async def get_usage(
@@ -44,10 +40,10 @@ async def get_usage(
     per_instance: list[dict[str, Any]] = []
     for inst in instances.values():
         requests, prompt, completion = tokens.get(inst.id, (0, 0, 0))
-        start = _aware(inst.created_at)
+        start = as_utc(inst.created_at)
         if since is not None:
             start = max(start, since)
-        end = _aware(inst.stopped_at or inst.destroyed_at or now)
+        end = as_utc(inst.stopped_at or inst.destroyed_at or now)
         gpu_seconds = max(0.0, (end - start).total_seconds())
         cost = round(gpu_seconds * inst.hourly_price_micros / 3600)
         per_instance.append(

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from auxen.store.models import ApiKey, Instance
+from auxen.store.models import ApiKey, Instance, as_utc
 
 
 def _iso(ts: datetime | None) -> str | None:
     if ts is None:
         return None
-    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
+    return as_utc(ts).isoformat().replace("+00:00", "Z")
 
 
 def micros_to_usd(micros: int) -> str:
