@@ -42,6 +42,7 @@ demo-model: vllm-cpu
 
 lint: setup
 	$(VENV)/bin/ruff check auxen tests bench
+	$(VENV)/bin/ruff format --check auxen tests bench
 	$(VENV)/bin/mypy auxen
 
 bench: setup vllm-cpu

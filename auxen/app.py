@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -23,7 +23,6 @@ from auxen.tools.errors import AuxenError
 def create_app(settings: Settings | None = None, *, background: bool = True) -> Starlette:
     rt = Runtime.build(settings or Settings())
     proxy = InferenceProxy(rt)
-    rt.instances.on_change = _both(rt.auth.forget_instance, proxy.forget)
     rest = RestApi(rt)
 
     async def health(request: Request) -> Response:
@@ -56,7 +55,6 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             yield
         finally:
             await rt.close()
-            await proxy.close()
 
     app = Starlette(
         routes=routes,
@@ -71,11 +69,3 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     app.state.runtime = rt
     app.state.proxy = proxy
     return app
-
-
-def _both(*callbacks: Callable[[str], None]) -> Callable[[str], None]:
-    def call(instance_id: str) -> None:
-        for callback in callbacks:
-            callback(instance_id)
-
-    return call

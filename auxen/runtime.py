@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from auxen.auth.authenticate import KeyAuthenticator
 from auxen.config import Settings
+from auxen.inference.gateway import InferenceGateway
 from auxen.inference.lifecycle import InstanceManager
 from auxen.inference.providers import build_provider
 from auxen.inference.providers.base import Provider
@@ -21,6 +22,7 @@ class Runtime:
     instances: InstanceManager
     auth: KeyAuthenticator
     usage: UsageRecorder
+    gateway: InferenceGateway
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -29,9 +31,15 @@ class Runtime:
         db = Database(settings.resolved_database_url)
         provider = build_provider(settings)
         auth = KeyAuthenticator(db)
-        manager = InstanceManager(db, provider, settings, on_change=auth.forget_instance)
         usage = UsageRecorder(db, settings.usage_flush_interval_s)
-        return cls(settings, db, provider, manager, auth, usage)
+        gateway = InferenceGateway(db, settings, usage)
+
+        def forget_instance(instance_id: str) -> None:
+            auth.forget_instance(instance_id)
+            gateway.forget(instance_id)
+
+        manager = InstanceManager(db, provider, settings, on_change=forget_instance)
+        return cls(settings, db, provider, manager, auth, usage, gateway)
 
     async def start(self, *, background: bool = True) -> None:
         await self.db.migrate()
@@ -42,6 +50,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.instances.close()
+        await self.gateway.close()
         await self.usage.close()
         await self.auth.close()
         await self.db.close()

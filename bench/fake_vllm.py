@@ -23,37 +23,76 @@ def _json(body: dict[str, Any]) -> bytes:
 
 
 def make_app(served: str, api_key: str | None) -> Any:
-    chat = _json({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": served,
-        "choices": [{"index": 0, "finish_reason": "length",
-                     "message": {"role": "assistant", "content": "x " * COMPLETION_TOKENS}}],
-        "usage": {"prompt_tokens": 8, "completion_tokens": COMPLETION_TOKENS,
-                  "total_tokens": 8 + COMPLETION_TOKENS},
-    })
-    completion = _json({
-        "id": "cmpl-bench", "object": "text_completion", "created": 0, "model": served,
-        "choices": [{"index": 0, "text": "x", "finish_reason": "length"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    })
+    chat = _json(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 0,
+            "model": served,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "length",
+                    "message": {"role": "assistant", "content": "x " * COMPLETION_TOKENS},
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 8,
+                "completion_tokens": COMPLETION_TOKENS,
+                "total_tokens": 8 + COMPLETION_TOKENS,
+            },
+        }
+    )
+    completion = _json(
+        {
+            "id": "cmpl-bench",
+            "object": "text_completion",
+            "created": 0,
+            "model": served,
+            "choices": [{"index": 0, "text": "x", "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
     models = _json({"object": "list", "data": [{"id": served, "object": "model"}]})
 
     def chunk(content: str | None, finish: str | None = None) -> bytes:
         delta = {"content": content} if content is not None else {}
-        return b"data: " + _json({
-            "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
-            "model": served,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }) + b"\n\n"
+        return (
+            b"data: "
+            + _json(
+                {
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": served,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+            )
+            + b"\n\n"
+        )
 
     stream_body = (
         [chunk("x ") for _ in range(COMPLETION_TOKENS - 1)]
         + [chunk("x", "length")]
-        + [b"data: " + _json({"id": "chatcmpl-bench", "object": "chat.completion.chunk",
-                              "created": 0, "model": served, "choices": [],
-                              "usage": {"prompt_tokens": 8,
-                                        "completion_tokens": COMPLETION_TOKENS,
-                                        "total_tokens": 8 + COMPLETION_TOKENS}}) + b"\n\n",
-           b"data: [DONE]\n\n"]
+        + [
+            b"data: "
+            + _json(
+                {
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": served,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": 8,
+                        "completion_tokens": COMPLETION_TOKENS,
+                        "total_tokens": 8 + COMPLETION_TOKENS,
+                    },
+                }
+            )
+            + b"\n\n",
+            b"data: [DONE]\n\n",
+        ]
     )
     expected_auth = f"Bearer {api_key}".encode() if api_key else None
 
@@ -70,8 +109,10 @@ def make_app(served: str, api_key: str | None) -> Any:
         if path == "/health":
             await _send(send, 200, b"")
             return
-        if expected_auth is not None and dict(scope["headers"]).get(b"authorization") \
-                != expected_auth:
+        if (
+            expected_auth is not None
+            and dict(scope["headers"]).get(b"authorization") != expected_auth
+        ):
             await _send(send, 401, b'{"error":"Unauthorized"}')
             return
         if path == "/v1/models":
@@ -80,8 +121,13 @@ def make_app(served: str, api_key: str | None) -> Any:
             await _send(send, 200, completion)
         elif path == "/v1/chat/completions":
             if b'"stream": true' in body or b'"stream":true' in body:
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"text/event-stream")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")],
+                    }
+                )
                 for piece in stream_body:
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
@@ -94,8 +140,13 @@ def make_app(served: str, api_key: str | None) -> Any:
 
 
 async def _send(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

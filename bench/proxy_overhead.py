@@ -85,10 +85,14 @@ class RawClient:
 
 
 def build_request(port: int, path: str, key: str, stream: bool) -> bytes:
-    body = json.dumps({
-        "model": MODEL, "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": 16, "stream": stream,
-    }).encode()
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 16,
+            "stream": stream,
+        }
+    ).encode()
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
@@ -117,8 +121,13 @@ async def load(port: int, raw: bytes, concurrency: int, total: int) -> dict[str,
     elapsed = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100)
     fq = statistics.quantiles(firsts, n=100)
-    return {"p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "ttft_p50_ms": fq[49] * 1000,
-            "rps": len(latencies) / elapsed, "requests": len(latencies)}
+    return {
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+        "ttft_p50_ms": fq[49] * 1000,
+        "rps": len(latencies) / elapsed,
+        "requests": len(latencies),
+    }
 
 
 def start_fake(port: int, key: str) -> subprocess.Popen[bytes]:
@@ -132,14 +141,26 @@ def start_fake(port: int, key: str) -> subprocess.Popen[bytes]:
 
 def start_auxen(data: Path, port: int) -> tuple[subprocess.Popen[bytes], str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUXEN_")}
-    env.update(AUXEN_DATA_DIR=str(data), AUXEN_PORT=str(port),
-               AUXEN_VLLM_COMMAND=f"{sys.executable} {FAKE}")
+    env.update(
+        AUXEN_DATA_DIR=str(data),
+        AUXEN_PORT=str(port),
+        AUXEN_VLLM_COMMAND=f"{sys.executable} {FAKE}",
+    )
     cli = [sys.executable, "-m", "auxen.cli.main"]
-    init = subprocess.run([*cli, "init", "--email", "bench@example.com"], env=env,
-                          capture_output=True, text=True, check=True)
+    init = subprocess.run(
+        [*cli, "init", "--email", "bench@example.com"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     key = next(line for line in init.stdout.splitlines() if line.startswith("auxen_live_"))
-    proc = subprocess.Popen([*cli, "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=(data.parent / "auxen.log").open("wb"))
+    proc = subprocess.Popen(
+        [*cli, "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(data.parent / "auxen.log").open("wb"),
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health")
     http = httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {key}"})
@@ -165,35 +186,60 @@ def main() -> None:
         try:
             for concurrency, total in ((1, n1), (16, n16)):
                 for stream in (False, True):
-                    direct = asyncio.run(load(
-                        direct_port,
-                        build_request(direct_port, "/v1/chat/completions", "direct-key", stream),
-                        concurrency, total))
-                    proxied = asyncio.run(load(
-                        auxen_port,
-                        build_request(auxen_port,
-                                      f"/v1/instances/{instance_id}/chat/completions",
-                                      instance_key, stream),
-                        concurrency, total))
-                    results.append({"concurrency": concurrency, "stream": stream,
-                                    "direct": direct, "auxen": proxied})
+                    direct = asyncio.run(
+                        load(
+                            direct_port,
+                            build_request(
+                                direct_port, "/v1/chat/completions", "direct-key", stream
+                            ),
+                            concurrency,
+                            total,
+                        )
+                    )
+                    proxied = asyncio.run(
+                        load(
+                            auxen_port,
+                            build_request(
+                                auxen_port,
+                                f"/v1/instances/{instance_id}/chat/completions",
+                                instance_key,
+                                stream,
+                            ),
+                            concurrency,
+                            total,
+                        )
+                    )
+                    results.append(
+                        {
+                            "concurrency": concurrency,
+                            "stream": stream,
+                            "direct": direct,
+                            "auxen": proxied,
+                        }
+                    )
         finally:
             auxen.send_signal(signal.SIGTERM)
             auxen.wait(30)
             fake.terminate()
             fake.wait(10)
             subprocess.run(["pkill", "-f", f"{FAKE}"], check=False)
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}\n")
-    print("| clients | stream | direct p50 ms | auxen p50 ms | added p50 ms | added p99 ms "
-          "| added TTFT p50 ms | direct req/s | auxen req/s | auxen/direct req/s |")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}\n"
+    )
+    print(
+        "| clients | stream | direct p50 ms | auxen p50 ms | added p50 ms | added p99 ms "
+        "| added TTFT p50 ms | direct req/s | auxen req/s | auxen/direct req/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         d, a = r["direct"], r["auxen"]
-        print(f"| {r['concurrency']} | {r['stream']} | {d['p50_ms']:.2f} | {a['p50_ms']:.2f} "
-              f"| {a['p50_ms'] - d['p50_ms']:.2f} | {a['p99_ms'] - d['p99_ms']:.2f} "
-              f"| {a['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} | {d['rps']:.0f} | {a['rps']:.0f} "
-              f"| {a['rps'] / d['rps']:.2f} |")
+        print(
+            f"| {r['concurrency']} | {r['stream']} | {d['p50_ms']:.2f} | {a['p50_ms']:.2f} "
+            f"| {a['p50_ms'] - d['p50_ms']:.2f} | {a['p99_ms'] - d['p99_ms']:.2f} "
+            f"| {a['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} | {d['rps']:.0f} | {a['rps']:.0f} "
+            f"| {a['rps'] / d['rps']:.2f} |"
+        )
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "proxy_overhead.json").write_text(json.dumps(results, indent=2))

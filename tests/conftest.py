@@ -33,10 +33,10 @@ POSTGRES = _postgres_answers()
 
 
 def pytest_report_header() -> str:
-    return (
-        f"PostgreSQL on {PG_HOST}:{PG_PORT}: "
-        + ("yes, store tests run on SQLite and PostgreSQL" if POSTGRES
-           else "NO - the PostgreSQL variants of store tests are SKIPPED")
+    return f"PostgreSQL on {PG_HOST}:{PG_PORT}: " + (
+        "yes, store tests run on SQLite and PostgreSQL"
+        if POSTGRES
+        else "NO - the PostgreSQL variants of store tests are SKIPPED"
     )
 
 
@@ -51,8 +51,9 @@ async def _pg_admin(sql: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"], scope="module")
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[str]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A fresh, empty database of each kind (the PostgreSQL one is dropped afterwards)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'auxen.db'}"

@@ -60,14 +60,25 @@ def test_health(api: Api) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/instances"), ("POST", "/v1/instances"), ("GET", "/v1/instances/inst_x"),
-     ("DELETE", "/v1/instances/inst_x"), ("GET", "/v1/keys"), ("POST", "/v1/keys"),
-     ("DELETE", "/v1/keys/k"), ("GET", "/v1/usage"),
-     ("POST", "/v1/instances/inst_x/chat/completions")],
+    [
+        ("GET", "/v1/instances"),
+        ("POST", "/v1/instances"),
+        ("GET", "/v1/instances/inst_x"),
+        ("DELETE", "/v1/instances/inst_x"),
+        ("GET", "/v1/keys"),
+        ("POST", "/v1/keys"),
+        ("DELETE", "/v1/keys/k"),
+        ("GET", "/v1/usage"),
+        ("POST", "/v1/instances/inst_x/chat/completions"),
+    ],
 )
 def test_every_endpoint_requires_a_valid_key(api: Api, method: str, path: str) -> None:
-    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"},
-                    {"Authorization": "Bearer auxen_live_" + "A" * 48}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer auxen_live_" + "A" * 48},
+    ):
         reply = api.server.client(None).request(method, path, headers=headers, json={})
         assert reply.status_code == 401, (method, path, headers, reply.text)
         assert reply.json()["error"]["type"] == "authentication_error"
@@ -111,20 +122,24 @@ def test_bad_provision_requests_change_nothing(api: Api, body: bytes, param: str
 def test_oversized_bodies_are_refused(api: Api) -> None:
     before = api.counts()
     big = b'{"model": "' + b"a" * 2_000_000 + b'"}'
-    reply = api.http.post("/v1/instances", content=big,
-                          headers={"Content-Type": "application/json"})
+    reply = api.http.post(
+        "/v1/instances", content=big, headers={"Content-Type": "application/json"}
+    )
     assert reply.status_code == 413
     assert api.counts() == before
 
 
 def test_unknown_ids_and_paths(api: Api) -> None:
-    for method, path in (("GET", "/v1/instances/inst_nope"), ("DELETE", "/v1/instances/inst_nope"),
-                         ("DELETE", "/v1/keys/nope"), ("POST", "/v1/instances/inst_nope/keys")):
+    for method, path in (
+        ("GET", "/v1/instances/inst_nope"),
+        ("DELETE", "/v1/instances/inst_nope"),
+        ("DELETE", "/v1/keys/nope"),
+        ("POST", "/v1/instances/inst_nope/keys"),
+    ):
         reply = api.http.request(method, path, json={})
         assert reply.status_code == 404, (path, reply.text)
         assert reply.json()["error"]["type"] == "not_found_error"
-    for path in ("/v1/instances/inst_nope/chat/completions",
-                 "/v1/instances/inst_nope/completions"):
+    for path in ("/v1/instances/inst_nope/chat/completions", "/v1/instances/inst_nope/completions"):
         reply = api.http.post(path, json={"messages": []})
         assert reply.status_code == 404 and reply.json()["error"]["param"] == "instance_id"
     assert api.http.get("/v1/instances/inst_nope/models").status_code == 404
@@ -135,12 +150,15 @@ def test_unknown_ids_and_paths(api: Api) -> None:
 
 
 def test_bad_query_parameters(api: Api) -> None:
-    assert api.http.get("/v1/instances", params={"state": "asleep"}).json()["error"]["param"] \
+    assert (
+        api.http.get("/v1/instances", params={"state": "asleep"}).json()["error"]["param"]
         == "state"
+    )
     assert api.http.get("/v1/instances", params={"limit": "many"}).status_code == 400
     assert api.http.get("/v1/instances", params={"limit": "0"}).status_code == 400
-    assert api.http.get("/v1/usage", params={"since": "yesterday"}).json()["error"]["param"] \
-        == "since"
+    assert (
+        api.http.get("/v1/usage", params={"since": "yesterday"}).json()["error"]["param"] == "since"
+    )
 
 
 def test_keys_are_shown_once_hashed_and_revocable(api: Api) -> None:
@@ -169,8 +187,11 @@ def test_keys_are_shown_once_hashed_and_revocable(api: Api) -> None:
 
 def test_key_create_rejects_bad_fields(api: Api) -> None:
     before = api.counts()
-    for body, param in (({"name": "x" * 300}, "name"), ({"livemode": "maybe"}, "livemode"),
-                        ({"scopes": ["all"]}, "scopes")):
+    for body, param in (
+        ({"name": "x" * 300}, "name"),
+        ({"livemode": "maybe"}, "livemode"),
+        ({"scopes": ["all"]}, "scopes"),
+    ):
         reply = api.http.post("/v1/keys", json=body)
         assert reply.status_code == 400 and reply.json()["error"]["param"] == param
     assert api.http.post("/v1/keys", json={"instance_id": "inst_none"}).status_code == 404
@@ -188,8 +209,15 @@ def test_test_keys_and_other_workspaces_see_nothing_of_each_other(api: Api) -> N
 
 
 def test_cli_reports_errors_clearly(api: Api, tmp_path: Path) -> None:
-    result = api.server.cli("instances", "provision", "--model", "/no/such/dir", "--no-wait",
-                            check=False, AUXEN_API_KEY=api.key)
+    result = api.server.cli(
+        "instances",
+        "provision",
+        "--model",
+        "/no/such/dir",
+        "--no-wait",
+        check=False,
+        AUXEN_API_KEY=api.key,
+    )
     assert result.returncode == 1
     assert "model" in result.stderr and "does not exist" in result.stderr
     listed = api.server.cli("keys", "list", "--json", AUXEN_API_KEY=api.key)

@@ -75,8 +75,7 @@ def test_provision_answers_at_once_with_a_key_shown_once(world: World) -> None:
     listed = world.http.get("/v1/instances").json()["data"]
     assert {i["id"] for i in listed} >= {m["id"] for m in world.made.values()}
     assert all("instance_key" not in i for i in listed)
-    stored = world.db_rows("SELECT secret_hash FROM api_key WHERE instance_id = "
-                           f"'{a['id']}'")
+    stored = world.db_rows(f"SELECT secret_hash FROM api_key WHERE instance_id = '{a['id']}'")
     assert stored and all(a["instance_key"].encode() not in row[0] for row in stored)
 
 
@@ -136,18 +135,27 @@ def test_openai_sdk_works_unchanged(world: World) -> None:
     plain = client.completions.create(model=world.model, prompt=f"{MARKER}", max_tokens=3)
     assert plain.usage is not None and plain.usage.completion_tokens == 3
 
-    chunks = list(client.chat.completions.create(
-        model=world.model, messages=[{"role": "user", "content": MARKER}], max_tokens=6,
-        stream=True,
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model=world.model,
+            messages=[{"role": "user", "content": MARKER}],
+            max_tokens=6,
+            stream=True,
+        )
+    )
     # Auxen asked upstream for usage, but the caller did not: that chunk is stripped.
     assert all(c.usage is None for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "length"
 
-    with_usage = list(client.chat.completions.create(
-        model=world.model, messages=[{"role": "user", "content": MARKER}], max_tokens=4,
-        stream=True, stream_options={"include_usage": True},
-    ))
+    with_usage = list(
+        client.chat.completions.create(
+            model=world.model,
+            messages=[{"role": "user", "content": MARKER}],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert with_usage[-1].usage is not None and with_usage[-1].usage.completion_tokens == 4
 
 
@@ -157,13 +165,20 @@ def test_streaming_is_not_buffered(world: World) -> None:
     On two cores vLLM itself sometimes emits a stream in bursts, so the caller's view is
     compared with the proxy's own record of the upstream stream (the usage row's time to
     first token and end) rather than with a fixed expectation."""
-    body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 1500,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
+    }
     content_at: list[float] = []
     start = time.perf_counter()
     with httpx2.stream(
-        "POST", f"{world.made['a']['endpoint']}/chat/completions", json=body,
-        headers={"Authorization": f"Bearer {world.made['a']['instance_key']}"}, timeout=60,
+        "POST",
+        f"{world.made['a']['endpoint']}/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {world.made['a']['instance_key']}"},
+        timeout=60,
     ) as reply:
         assert reply.status_code == 200
         assert reply.headers["content-type"].startswith("text/event-stream")
@@ -229,8 +244,11 @@ def test_bad_inference_requests_get_clear_errors(world: World) -> None:
         (b"[1, 2]", 400, None),
         (json.dumps({"model": "someone-else", "messages": []}).encode(), 404, "model"),
         (json.dumps({"messages": "x"}).encode(), 400, "messages"),
-        (json.dumps({"messages": [], "stream": True, "stream_options": 3}).encode(), 400,
-         "stream_options"),
+        (
+            json.dumps({"messages": [], "stream": True, "stream_options": 3}).encode(),
+            400,
+            "stream_options",
+        ),
         (b"{" + b" " * 2_000_000 + b"}", 413, None),
     ]
     for body, status, param in cases:
@@ -241,13 +259,24 @@ def test_bad_inference_requests_get_clear_errors(world: World) -> None:
         if param:
             assert error["param"] == param, error
     assert httpx2.post(url, json={"messages": []}).status_code == 401
-    assert httpx2.post(url, json={"messages": []},
-                       headers={"Authorization": "Bearer auxk_nonsense"}).status_code == 401
-    assert httpx2.post(f"{world.server.url}/v1/instances/inst_nope/chat/completions",
-                       json={"messages": []}, headers=auth).status_code == 403
+    assert (
+        httpx2.post(
+            url, json={"messages": []}, headers={"Authorization": "Bearer auxk_nonsense"}
+        ).status_code
+        == 401
+    )
+    assert (
+        httpx2.post(
+            f"{world.server.url}/v1/instances/inst_nope/chat/completions",
+            json={"messages": []},
+            headers=auth,
+        ).status_code
+        == 403
+    )
     # None of it hurt the instance.
     ok = world.sdk("a").chat.completions.create(
-        model=world.model, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        model=world.model, messages=[{"role": "user", "content": "hi"}], max_tokens=1
+    )
     assert ok.usage is not None
 
 
@@ -255,8 +284,11 @@ def test_upstream_dying_mid_stream_ends_with_an_error_event(world: World) -> Non
     client = world.sdk("b")
     # A long generation (seconds), killed as soon as the first tokens arrive.
     stream = client.chat.completions.create(
-        model=world.model, messages=[{"role": "user", "content": "long"}], max_tokens=1800,
-        stream=True, extra_body={"ignore_eos": True},
+        model=world.model,
+        messages=[{"role": "user", "content": "long"}],
+        max_tokens=1800,
+        stream=True,
+        extra_body={"ignore_eos": True},
     )
     received = 0
     with pytest.raises(openai.APIError) as caught:
@@ -285,22 +317,27 @@ def test_restarted_control_plane_reattaches_to_live_instances(world: World) -> N
     assert current["state"] == "ready"
     assert world.provider_pid("a") == pid
     chat = world.sdk("a").chat.completions.create(
-        model=world.model, messages=[{"role": "user", "content": "still there?"}], max_tokens=2)
+        model=world.model, messages=[{"role": "user", "content": "still there?"}], max_tokens=2
+    )
     assert chat.usage is not None and chat.usage.completion_tokens == 2
 
 
 def test_cli_shows_and_manages_the_same_instances(world: World) -> None:
-    listed = json.loads(world.server.cli("instances", "list", "--json",
-                                         AUXEN_API_KEY=world.key).stdout)
+    listed = json.loads(
+        world.server.cli("instances", "list", "--json", AUXEN_API_KEY=world.key).stdout
+    )
     assert world.made["a"]["id"] in {i["id"] for i in listed}
-    got = json.loads(world.server.cli("instances", "get", world.made["a"]["id"],
-                                      AUXEN_API_KEY=world.key).stdout)
+    got = json.loads(
+        world.server.cli("instances", "get", world.made["a"]["id"], AUXEN_API_KEY=world.key).stdout
+    )
     assert got["state"] == "ready"
-    made = world.server.cli("keys", "create", "--instance", world.made["a"]["id"],
-                            AUXEN_API_KEY=world.key).stdout
+    made = world.server.cli(
+        "keys", "create", "--instance", world.made["a"]["id"], AUXEN_API_KEY=world.key
+    ).stdout
     extra_key = next(line for line in made.splitlines() if line.startswith("auxk_"))
     chat = world.sdk("a", key=extra_key).chat.completions.create(
-        model=world.model, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        model=world.model, messages=[{"role": "user", "content": "hi"}], max_tokens=1
+    )
     assert chat.usage is not None
 
 
@@ -312,8 +349,9 @@ def test_destroy_during_provisioning_leaves_no_process(world: World) -> None:
     time.sleep(2)  # a bring-up that was mid-spawn must not resurrect anything
     assert world.http.get(f"/v1/instances/{made['id']}").json()["state"] == "destroyed"
     assert not (world.server.data_dir / "instances" / made["id"]).exists()
-    leftovers = [p for p in Path("/proc").glob("[0-9]*/environ")
-                 if _environ_mentions(p, made["id"])]
+    leftovers = [
+        p for p in Path("/proc").glob("[0-9]*/environ") if _environ_mentions(p, made["id"])
+    ]
     assert leftovers == []
 
 

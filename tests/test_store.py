@@ -28,8 +28,15 @@ def run(database_url: str, body: Callable[[Database], Awaitable[None]]) -> None:
 
 def _instance(ws: str) -> Instance:
     return Instance(
-        workspace_id=ws, livemode=True, model="org/m", gpu_type="cpu", tier="dedicated",
-        provider="local", state=InstanceState.READY, hourly_price_micros=0, ttl_seconds=60,
+        workspace_id=ws,
+        livemode=True,
+        model="org/m",
+        gpu_type="cpu",
+        tier="dedicated",
+        provider="local",
+        state=InstanceState.READY,
+        hourly_price_micros=0,
+        ttl_seconds=60,
         expires_at=datetime.now(UTC) + timedelta(minutes=1),
     )
 
@@ -38,8 +45,9 @@ def test_migrations_are_repeatable(database_url: str) -> None:
     async def body(db: Database) -> None:
         await db.migrate()  # second time: nothing to do, nothing breaks
         async with db.engine.connect() as conn:
-            version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
-                       ).scalar_one()
+            version = (
+                await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+            ).scalar_one()
         assert version == "0001"
 
     run(database_url, body)
@@ -81,8 +89,16 @@ def test_scoped_sessions_refuse_writes_for_another_workspace(database_url: str) 
     async def body(db: Database) -> None:
         a, b = await _two_workspaces(db)
         async with db.scoped(a.id) as s:
-            s.add(ApiKey(id="k" * 16, workspace_id=b.id, kind=KeyKind.ACCOUNT, livemode=True,
-                         display_prefix="x", secret_hash=b"\0" * 32))
+            s.add(
+                ApiKey(
+                    id="k" * 16,
+                    workspace_id=b.id,
+                    kind=KeyKind.ACCOUNT,
+                    livemode=True,
+                    display_prefix="x",
+                    secret_hash=b"\0" * 32,
+                )
+            )
             with pytest.raises(CrossWorkspaceWrite):
                 await s.commit()
 

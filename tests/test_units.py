@@ -15,10 +15,14 @@ from auxen.config import ConfigError, Settings, normalise_database_url
 from auxen.store.models import KeyKind
 
 
-@pytest.mark.parametrize(("kind", "live", "prefix"), [
-    (KeyKind.ACCOUNT, True, "auxen_live_"), (KeyKind.ACCOUNT, False, "auxen_test_"),
-    (KeyKind.INSTANCE, True, "auxk_"),
-])
+@pytest.mark.parametrize(
+    ("kind", "live", "prefix"),
+    [
+        (KeyKind.ACCOUNT, True, "auxen_live_"),
+        (KeyKind.ACCOUNT, False, "auxen_test_"),
+        (KeyKind.INSTANCE, True, "auxk_"),
+    ],
+)
 def test_minted_keys_parse_and_verify(kind: KeyKind, live: bool, prefix: str) -> None:
     key = mint_key(kind, livemode=live)
     assert key.plaintext.startswith(prefix)
@@ -36,10 +40,18 @@ def test_keys_carry_at_least_128_bits_of_secret() -> None:
     assert len(keys) == 1000
 
 
-@pytest.mark.parametrize("bad", [
-    "", "auxen_live_", "auxen_live_short", "sk-123", "auxen_live_" + "!" * 48,
-    "auxen_prod_" + "a" * 48, "auxk_" + "a" * (KEY_ID_LENGTH + SECRET_LENGTH + 1),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "auxen_live_",
+        "auxen_live_short",
+        "sk-123",
+        "auxen_live_" + "!" * 48,
+        "auxen_prod_" + "a" * 48,
+        "auxk_" + "a" * (KEY_ID_LENGTH + SECRET_LENGTH + 1),
+    ],
+)
 def test_malformed_keys_do_not_parse(bad: str) -> None:
     assert parse_key(bad) is None
 
@@ -86,7 +98,12 @@ def test_server_refuses_production_without_master_key(tmp_path: Path) -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUXEN_")}
     env.update(AUXEN_ENV="production", AUXEN_DATA_DIR=str(tmp_path))
-    result = subprocess.run([sys.executable, "-m", "auxen.cli.main", "serve"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "auxen.cli.main", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "AUXEN_MASTER_KEY" in result.stderr

@@ -312,4 +312,3 @@ class InstanceManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._destroys.values(), return_exceptions=True)
         await self._http.aclose()
-

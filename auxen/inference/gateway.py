@@ -1,0 +1,249 @@
+"""Reaching a caller's instance: which upstream serves it, whether this caller may use
+it, and a meter for each call. The HTTP proxy and the `query_instance` operation both
+go through here, so both authorize and meter the same way.
+
+Prompts and completions pass through in memory only; a call leaves a UsageRecord with
+counts and timings, never text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from auxen.auth.sealing import unseal
+from auxen.config import Settings
+from auxen.inference.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from auxen.inference.usage import UsageRecorder
+from auxen.store.db import Database
+from auxen.store.models import Instance, InstanceState, KeyKind
+from auxen.tools.context import Caller
+from auxen.tools.errors import Conflict, NotFound, PermissionDenied
+
+TARGET_TTL_S = 5.0
+# A delta or completion chunk carrying text; and a chunk carrying a usage object.
+_NON_EMPTY_TEXT = re.compile(rb'"(?:content|text)":\s*"(?!")')
+_USAGE_OBJECT = re.compile(rb'"usage":\s*\{')
+
+
+@dataclass(frozen=True)
+class Target:
+    instance_id: str
+    workspace_id: str
+    livemode: bool
+    model: str
+    state: InstanceState
+    base_url: str | None
+    api_key: str | None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # Only the upstream key: the caller's own Authorization never goes upstream.
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished, non-streamed upstream answer."""
+
+    status: int
+    content: bytes
+
+
+class InferenceGateway:
+    def __init__(self, db: Database, settings: Settings, usage: UsageRecorder) -> None:
+        self.db = db
+        self.settings = settings
+        self.usage = usage
+        self.upstream = UpstreamPool()
+        self._targets: dict[str, tuple[Target, float]] = {}
+
+    def forget(self, instance_id: str) -> None:
+        cached = self._targets.pop(instance_id, None)
+        if cached is not None and cached[0].base_url is not None:
+            self.upstream.forget_origin(cached[0].base_url)
+
+    async def close(self) -> None:
+        await self.upstream.close()
+
+    async def _target(self, instance_id: str) -> Target | None:
+        now = time.monotonic()
+        cached = self._targets.get(instance_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        async with self.db.system() as session:
+            instance = await session.get(Instance, instance_id)
+        if instance is None:
+            return None
+        target = Target(
+            instance_id=instance.id,
+            workspace_id=instance.workspace_id,
+            livemode=instance.livemode,
+            model=instance.model,
+            state=instance.state,
+            base_url=instance.upstream_url,
+            api_key=unseal(
+                self.settings.master_key_bytes,
+                instance.workspace_id,
+                instance.upstream_key_sealed,
+            )
+            if instance.upstream_key_sealed
+            else None,
+        )
+        self._targets[instance_id] = (target, now + TARGET_TTL_S)
+        return target
+
+    async def authorize(self, caller: Caller, instance_id: str) -> Target:
+        """The ready instance `caller` may send inference to, or a typed error."""
+        if caller.key_kind is KeyKind.INSTANCE and caller.instance_id != instance_id:
+            raise PermissionDenied(
+                "this instance key belongs to another instance; use that instance's auxk_ key",
+            )
+        target = await self._target(instance_id)
+        if (
+            target is None
+            or target.workspace_id != caller.workspace_id
+            or target.livemode != caller.livemode
+        ):
+            raise NotFound(f"no instance {instance_id}", param="instance_id")
+        if target.state is not InstanceState.READY or target.base_url is None:
+            raise Conflict(
+                f"instance {instance_id} is {target.state.value}, not ready; "
+                + (
+                    "wait until its state is ready"
+                    if not target.state.is_terminal and target.state is not InstanceState.STOPPING
+                    else "provision a new instance"
+                ),
+                param="instance_id",
+            )
+        return target
+
+    def meter(
+        self,
+        caller: Caller,
+        target: Target,
+        endpoint: str,
+        *,
+        stream: bool,
+        started: float | None = None,
+    ) -> Meter:
+        """A meter for one call; `started` (a perf_counter reading) defaults to now."""
+        return Meter(self.usage, caller, target, endpoint, stream, started or time.perf_counter())
+
+    async def send(self, target: Target, path: str, body: dict[str, Any]) -> UpstreamResponse:
+        """POST `body` to the instance's `/v1/{path}`; the caller reads or streams it."""
+        return await self.upstream.request(
+            "POST",
+            f"{target.base_url}/v1/{path}",
+            {**target.headers, "Content-Type": "application/json"},
+            json.dumps(body).encode(),
+        )
+
+    async def complete(
+        self,
+        caller: Caller,
+        target: Target,
+        path: str,
+        body: dict[str, Any],
+        *,
+        started: float | None = None,
+    ) -> Completion:
+        """Send one non-streamed request upstream and meter it; raises UpstreamError
+        (already metered) when the instance cannot be reached."""
+        meter = self.meter(caller, target, path, stream=False, started=started)
+        try:
+            upstream = await self.send(target, path, body)
+            try:
+                content = await upstream.read()
+            finally:
+                upstream.close()
+        except UpstreamError:
+            meter.finish(502, "upstream_unreachable")
+            raise
+        if upstream.status < 400:
+            meter.take_usage(usage_of(content))
+        meter.finish(upstream.status, "ok" if upstream.status < 400 else "error")
+        return Completion(upstream.status, content)
+
+
+class Meter:
+    """Counts one call's tokens and timings and records them as a UsageRecord."""
+
+    def __init__(
+        self,
+        usage: UsageRecorder,
+        caller: Caller,
+        target: Target,
+        endpoint: str,
+        stream: bool,
+        started: float,
+    ) -> None:
+        self.usage = usage
+        self.caller = caller
+        self.target = target
+        self.endpoint = endpoint
+        self.stream = stream
+        self.started = started
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.content_chunks = 0
+        self.ttft_ms: float | None = None
+        self.saw_usage = False
+        self.done = False
+
+    def take_usage(self, usage: dict[str, Any] | None) -> None:
+        if usage:
+            self.saw_usage = True
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    def observe_event(self, event: bytes) -> bool:
+        """Note what an SSE event carries; False if it is the usage-only chunk that
+        Auxen asked for on the caller's behalf. Byte checks first: most events are
+        token deltas, and parsing each one's JSON would dominate the relay's cost."""
+        if _NON_EMPTY_TEXT.search(event):
+            self.content_chunks += 1
+            if self.ttft_ms is None:
+                self.ttft_ms = (time.perf_counter() - self.started) * 1000
+        if not _USAGE_OBJECT.search(event):
+            return True
+        try:
+            payload = json.loads(event.removeprefix(b"data: "))
+        except ValueError:
+            return True
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        if not usage:
+            return True
+        self.take_usage(usage)
+        return bool(payload.get("choices"))
+
+    def finish(self, status_code: int, outcome: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        completion = self.completion_tokens if self.saw_usage else self.content_chunks
+        self.usage.record(
+            workspace_id=self.target.workspace_id,
+            instance_id=self.target.instance_id,
+            api_key_id=self.caller.key_id,
+            endpoint=self.endpoint,
+            model=self.target.model,
+            stream=self.stream,
+            status_code=status_code,
+            outcome=outcome,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            latency_ms=(time.perf_counter() - self.started) * 1000,
+            ttft_ms=self.ttft_ms,
+        )
+
+
+def usage_of(content: bytes) -> dict[str, Any] | None:
+    try:
+        usage = json.loads(content).get("usage")
+    except (ValueError, AttributeError):
+        return None
+    return usage if isinstance(usage, dict) else None
