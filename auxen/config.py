@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     vllm_dtype: str | None = None
     vllm_cpu_kvcache_gib: int | None = None
 
+    # Model directories the local provider offers (default: <data_dir>/models).
+    models_dir: Path | None = None
+    # Host and Origin values the MCP endpoint accepts besides the public URL's and
+    # loopback's, comma-separated (e.g. "mcp.example.com,auxen.internal:8000").
+    allowed_hosts: str = ""
+    allowed_origins: str = ""
+
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     default_ttl_seconds: int = Field(default=24 * 3600, ge=60)
@@ -68,6 +75,10 @@ class Settings(BaseSettings):
         return normalise_database_url(
             self.database_url or f"sqlite:///{self.data_dir.resolve() / 'auxen.db'}"
         )
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.data_dir / "models").resolve()
 
     @property
     def instances_dir(self) -> Path:

@@ -1,18 +1,15 @@
 """Small HTTP pieces shared by the REST API and the inference proxy: bearer tokens,
-bounded JSON bodies, request-model validation and OpenAI-style error bodies."""
+bounded JSON bodies and OpenAI-style error bodies."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from auxen.tools.errors import InvalidArgument, TooLarge
-
-M = TypeVar("M", bound=BaseModel)
 
 
 def openai_error(
@@ -48,20 +45,3 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     return body
-
-
-def parse_model(model: type[M], data: dict[str, Any]) -> M:
-    """Validate `data` into `model`; the first problem becomes an InvalidArgument that
-    names the field."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        if first["type"] == "extra_forbidden":
-            message = f"unknown field {param!r}"
-        elif first["type"] == "missing":
-            message = f"missing required field {param!r}"
-        else:
-            message = f"invalid {param}: {first['msg']}"
-        raise InvalidArgument(message, param=param) from exc

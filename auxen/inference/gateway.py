@@ -247,3 +247,21 @@ def usage_of(content: bytes) -> dict[str, Any] | None:
     except (ValueError, AttributeError):
         return None
     return usage if isinstance(usage, dict) else None
+
+
+def upstream_error(content: bytes) -> tuple[str | None, str | None, str | None]:
+    """(message, param, code) from a vLLM/OpenAI error body, where it has them."""
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        return None, None, None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict) or "message" not in error:
+        return None, None, None
+    param = error.get("param")
+    code = error.get("code")
+    return (
+        str(error["message"]),
+        param.removeprefix("body.") if isinstance(param, str) else None,
+        str(code) if code is not None else None,
+    )

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from auxen.httputil import bearer, openai_error, read_json_body
-from auxen.inference.gateway import Meter, Target
+from auxen.inference.gateway import Meter, Target, upstream_error
 from auxen.inference.upstream import UpstreamError, UpstreamResponse
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
@@ -160,19 +160,14 @@ def _relay_json(status: int, content: bytes) -> Response:
         return openai_error(
             502, "the instance refused the control plane's credentials", type_="api_error"
         )
-    try:
-        payload = json.loads(content)
-    except ValueError:
-        payload = None
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict) and "message" in error:
-        param = error.get("param")
+    message, param, code = upstream_error(content)
+    if message is not None:
         return openai_error(
             status,
-            str(error["message"]),
+            message,
             type_="invalid_request_error" if status < 500 else "api_error",
-            param=param.removeprefix("body.") if isinstance(param, str) else None,
-            code=str(error.get("code")) if error.get("code") is not None else None,
+            param=param,
+            code=code,
         )
     return openai_error(
         status,

@@ -4,16 +4,17 @@ calls one operation in `auxen.tools`, and shapes the answer."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from auxen.httputil import bearer, parse_model, read_json_body
+from auxen.httputil import bearer, read_json_body
 from auxen.runtime import Runtime
-from auxen.store.models import InstanceState
+from auxen.store.models import Instance, InstanceState
 from auxen.tools import instances, keys, usage
 from auxen.tools.context import Caller
-from auxen.tools.errors import InvalidArgument
+from auxen.tools.errors import InvalidArgument, parse_model
 from auxen.tools.views import instance_view, key_view
 
 
@@ -24,6 +25,9 @@ class RestApi:
     async def _caller(self, request: Request) -> Caller:
         return await self.rt.auth.authenticate(bearer(request))
 
+    def _instance(self, instance: Instance) -> dict[str, Any]:
+        return instance_view(instance, self.rt.settings.base_url).model_dump(mode="json")
+
     async def _body(self, request: Request) -> dict[str, object]:
         return await read_json_body(request, self.rt.settings.max_body_bytes)
 
@@ -33,7 +37,7 @@ class RestApi:
         caller = await self._caller(request)
         req = parse_model(instances.ProvisionRequest, await self._body(request))
         result = await instances.provision_instance(self.rt, caller, req)
-        body = instance_view(result.instance, self.rt.settings.base_url)
+        body = self._instance(result.instance)
         body["instance_key"] = result.instance_key
         body["idempotent_replay"] = result.replayed
         return JSONResponse(body, status_code=200 if result.replayed else 202)
@@ -50,19 +54,17 @@ class RestApi:
             ) from None
         limit = _int_param(request, "limit", 100)
         rows = await instances.list_instances(self.rt, caller, state=state, limit=limit)
-        return JSONResponse(
-            {"object": "list", "data": [instance_view(i, self.rt.settings.base_url) for i in rows]}
-        )
+        return JSONResponse({"object": "list", "data": [self._instance(i) for i in rows]})
 
     async def get_instance(self, request: Request) -> Response:
         caller = await self._caller(request)
         instance = await instances.get_instance(self.rt, caller, request.path_params["id"])
-        return JSONResponse(instance_view(instance, self.rt.settings.base_url))
+        return JSONResponse(self._instance(instance))
 
     async def destroy_instance(self, request: Request) -> Response:
         caller = await self._caller(request)
         instance = await instances.destroy_instance(self.rt, caller, request.path_params["id"])
-        return JSONResponse(instance_view(instance, self.rt.settings.base_url))
+        return JSONResponse(self._instance(instance))
 
     # -- keys ------------------------------------------------------------------------
 
@@ -110,7 +112,7 @@ class RestApi:
         summary = await usage.get_usage(
             self.rt, caller, instance_id=request.query_params.get("instance_id"), since=since
         )
-        return JSONResponse(summary)
+        return JSONResponse(summary.model_dump(mode="json"))
 
 
 def _int_param(request: Request, name: str, default: int) -> int:

@@ -3,6 +3,12 @@ tool errors. Each message says what went wrong and what to do next."""
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
 
 class AuxenError(Exception):
     code = "error"
@@ -43,3 +49,20 @@ class Unavailable(AuxenError):
 
 class TooLarge(AuxenError):
     code = "too_large"
+
+
+def parse_model(model: type[M], data: dict[str, Any]) -> M:
+    """Validate `data` into `model`; the first problem becomes an InvalidArgument that
+    names the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        if first["type"] == "extra_forbidden":
+            message = f"unknown field {param!r}"
+        elif first["type"] == "missing":
+            message = f"missing required field {param!r}"
+        else:
+            message = f"invalid {param}: {first['msg']}"
+        raise InvalidArgument(message, param=param) from exc

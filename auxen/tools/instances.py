@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from auxen.auth.sealing import seal
-from auxen.billing.catalog import GPU_TYPES, OFFERED_TIERS, TIERS, gpu_types_for
+from auxen.billing.catalog import GPU_TYPES, KNOWN_MODELS, OFFERED_TIERS, TIERS, fits, gpu_types_for
 from auxen.runtime import Runtime
 from auxen.store.models import ApiKey, Instance, InstanceState, KeyKind
 from auxen.tools.context import Caller
@@ -54,7 +54,8 @@ class Provisioned:
     replayed: bool  # an earlier request with the same idempotency key made it
 
 
-def _validate(rt: Runtime, req: ProvisionRequest) -> tuple[str, int]:
+def validate_request(rt: Runtime, req: ProvisionRequest) -> tuple[str, int]:
+    """Check `req` against what this server offers; returns (gpu_type, ttl seconds)."""
     provider = rt.provider.name
     offered = [g.id for g in gpu_types_for(provider)]
     gpu_type = req.gpu_type or offered[0]
@@ -89,13 +90,21 @@ def _validate(rt: Runtime, req: ProvisionRequest) -> tuple[str, int]:
             "model must be a Hugging Face id like 'org/name' or an absolute directory path",
             param="model",
         )
+    spec = KNOWN_MODELS.get(req.model)
+    gpu = GPU_TYPES[gpu_type]
+    if spec is not None and not fits(spec, gpu):
+        raise InvalidArgument(
+            f"{req.model} needs about {spec.min_gpu_memory_gb} GB of GPU memory and "
+            f"{gpu_type} has {gpu.memory_gb} GB; choose a larger gpu_type",
+            param="gpu_type",
+        )
     return gpu_type, ttl
 
 
 async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest) -> Provisioned:
     """Create an instance and start bringing it up; returns at once in `provisioning`."""
     caller.require_account()
-    gpu_type, ttl = _validate(rt, req)
+    gpu_type, ttl = validate_request(rt, req)
     if req.idempotency_key is not None:
         replay = await _replay(rt, caller, req, gpu_type, ttl)
         if replay is not None:

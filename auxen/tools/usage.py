@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -11,12 +10,12 @@ from sqlmodel import col, select
 from auxen.runtime import Runtime
 from auxen.store.models import Instance, UsageRecord, as_utc
 from auxen.tools.context import Caller
-from auxen.tools.views import _iso, micros_to_usd
+from auxen.tools.views import InstanceUsage, UsageSummary, _iso, micros_to_usd
 
 
 async def get_usage(
     rt: Runtime, caller: Caller, *, instance_id: str | None = None, since: datetime | None = None
-) -> dict[str, Any]:
+) -> UsageSummary:
     caller.require_account()
     now = datetime.now(UTC)
     async with rt.db.scoped(caller.workspace_id) as session:
@@ -37,7 +36,7 @@ async def get_usage(
         if since is not None:
             usage_q = usage_q.where(col(UsageRecord.created_at) >= since)
         tokens = {row[0]: row[1:] for row in (await session.exec(usage_q)).all()}
-    per_instance: list[dict[str, Any]] = []
+    per_instance: list[InstanceUsage] = []
     for inst in instances.values():
         requests, prompt, completion = tokens.get(inst.id, (0, 0, 0))
         start = as_utc(inst.created_at)
@@ -47,28 +46,27 @@ async def get_usage(
         gpu_seconds = max(0.0, (end - start).total_seconds())
         cost = round(gpu_seconds * inst.hourly_price_micros / 3600)
         per_instance.append(
-            {
-                "instance_id": inst.id,
-                "model": inst.model,
-                "state": inst.state.value,
-                "requests": int(requests),
-                "prompt_tokens": int(prompt),
-                "completion_tokens": int(completion),
-                "gpu_seconds": round(gpu_seconds, 3),
-                "cost_micros": cost,
-                "cost_usd": micros_to_usd(cost),
-            }
+            InstanceUsage(
+                instance_id=inst.id,
+                model=inst.model,
+                state=inst.state,
+                requests=int(requests),
+                prompt_tokens=int(prompt),
+                completion_tokens=int(completion),
+                gpu_seconds=round(gpu_seconds, 3),
+                cost_micros=cost,
+                cost_usd=micros_to_usd(cost),
+            )
         )
-    total_cost = sum(i["cost_micros"] for i in per_instance)
-    return {
-        "object": "usage",
-        "since": _iso(since),
-        "until": _iso(now),
-        "requests": sum(i["requests"] for i in per_instance),
-        "prompt_tokens": sum(i["prompt_tokens"] for i in per_instance),
-        "completion_tokens": sum(i["completion_tokens"] for i in per_instance),
-        "gpu_seconds": round(sum(i["gpu_seconds"] for i in per_instance), 3),
-        "cost_micros": total_cost,
-        "cost_usd": micros_to_usd(total_cost),
-        "instances": per_instance,
-    }
+    total_cost = sum(i.cost_micros for i in per_instance)
+    return UsageSummary(
+        since=_iso(since),
+        until=_iso(now) or "",
+        requests=sum(i.requests for i in per_instance),
+        prompt_tokens=sum(i.prompt_tokens for i in per_instance),
+        completion_tokens=sum(i.completion_tokens for i in per_instance),
+        gpu_seconds=round(sum(i.gpu_seconds for i in per_instance), 3),
+        cost_micros=total_cost,
+        cost_usd=micros_to_usd(total_cost),
+        instances=per_instance,
+    )

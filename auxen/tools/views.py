@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from auxen.store.models import ApiKey, Instance, as_utc
+from pydantic import BaseModel, Field
+
+from auxen.store.models import ApiKey, Instance, InstanceState, as_utc
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -18,28 +20,79 @@ def micros_to_usd(micros: int) -> str:
     return f"{micros / 1_000_000:.6f}".rstrip("0").rstrip(".") if micros else "0"
 
 
-def instance_view(instance: Instance, base_url: str) -> dict[str, Any]:
-    return {
-        "id": instance.id,
-        "object": "instance",
-        "livemode": instance.livemode,
-        "model": instance.model,
-        "gpu_type": instance.gpu_type,
-        "tier": instance.tier,
-        "provider": instance.provider,
-        "state": instance.state.value,
-        "endpoint": f"{base_url}/v1/instances/{instance.id}",
-        "hourly_price_micros": instance.hourly_price_micros,
-        "hourly_price_usd": micros_to_usd(instance.hourly_price_micros),
-        "ttl_seconds": instance.ttl_seconds,
-        "expires_at": _iso(instance.expires_at),
-        "idempotency_key": instance.idempotency_key,
-        "created_at": _iso(instance.created_at),
-        "ready_at": _iso(instance.ready_at),
-        "destroyed_at": _iso(instance.destroyed_at),
-        "destroy_reason": instance.destroy_reason,
-        "last_error": instance.last_error,
-    }
+class InstanceView(BaseModel):
+    """An instance as every caller sees it (REST, MCP, CLI)."""
+
+    id: str = Field(description="Instance id (inst_...)")
+    object: Literal["instance"] = "instance"
+    livemode: bool = Field(description="False for test-mode instances")
+    model: str = Field(description="The model this instance serves")
+    gpu_type: str
+    tier: str
+    provider: str = Field(description="Where the instance runs (local, runpod)")
+    state: InstanceState = Field(
+        description="pending -> provisioning -> starting -> ready; then stopping -> "
+        "destroyed, or failed"
+    )
+    endpoint: str = Field(description="OpenAI-compatible base URL for this instance")
+    hourly_price_micros: int = Field(description="Price per hour in micro-dollars")
+    hourly_price_usd: str
+    ttl_seconds: int
+    expires_at: str | None = Field(description="When it is destroyed automatically (UTC)")
+    idempotency_key: str | None
+    created_at: str | None
+    ready_at: str | None
+    destroyed_at: str | None
+    destroy_reason: str | None = Field(description="user, ttl, failed, ...")
+    last_error: str | None = Field(description="Why it failed, when it did")
+
+
+def instance_view(instance: Instance, base_url: str) -> InstanceView:
+    return InstanceView(
+        id=instance.id,
+        livemode=instance.livemode,
+        model=instance.model,
+        gpu_type=instance.gpu_type,
+        tier=instance.tier,
+        provider=instance.provider,
+        state=instance.state,
+        endpoint=f"{base_url}/v1/instances/{instance.id}",
+        hourly_price_micros=instance.hourly_price_micros,
+        hourly_price_usd=micros_to_usd(instance.hourly_price_micros),
+        ttl_seconds=instance.ttl_seconds,
+        expires_at=_iso(instance.expires_at),
+        idempotency_key=instance.idempotency_key,
+        created_at=_iso(instance.created_at),
+        ready_at=_iso(instance.ready_at),
+        destroyed_at=_iso(instance.destroyed_at),
+        destroy_reason=instance.destroy_reason,
+        last_error=instance.last_error,
+    )
+
+
+class InstanceUsage(BaseModel):
+    instance_id: str
+    model: str
+    state: InstanceState
+    requests: int = Field(description="Inference calls made")
+    prompt_tokens: int
+    completion_tokens: int
+    gpu_seconds: float = Field(description="Seconds the instance has existed in the window")
+    cost_micros: int = Field(description="GPU time cost in micro-dollars")
+    cost_usd: str
+
+
+class UsageSummary(BaseModel):
+    object: Literal["usage"] = "usage"
+    since: str | None = Field(description="Start of the window (UTC); null means all time")
+    until: str = Field(description="End of the window: now (UTC)")
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    gpu_seconds: float
+    cost_micros: int
+    cost_usd: str
+    instances: list[InstanceUsage]
 
 
 def key_view(key: ApiKey) -> dict[str, Any]:

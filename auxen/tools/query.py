@@ -1,0 +1,133 @@
+"""Asking an instance one question: chat messages or a plain prompt in, the answer and
+its token counts out. The text lives only in memory for the length of the call."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from auxen.inference.gateway import upstream_error
+from auxen.inference.upstream import UpstreamError
+from auxen.runtime import Runtime
+from auxen.tools.context import Caller
+from auxen.tools.errors import InvalidArgument, TooLarge, Unavailable
+
+MAX_TOKENS = 8192
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=1_000_000)
+
+
+StopSequence = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id: str = Field(min_length=1, max_length=64)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=500)
+    prompt: str | None = Field(default=None, min_length=1, max_length=1_000_000)
+    max_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: list[StopSequence] | None = Field(default=None, max_length=4)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> QueryRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of messages (chat) or prompt (plain completion)")
+        return self
+
+    @property
+    def text_bytes(self) -> int:
+        texts = [m.content for m in self.messages] if self.messages else [self.prompt or ""]
+        return sum(len(t.encode()) for t in texts)
+
+
+class TokenUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class QueryResult(BaseModel):
+    instance_id: str
+    model: str
+    text: str = Field(description="The model's answer")
+    finish_reason: str | None = Field(description="stop, or length when max_tokens cut it off")
+    usage: TokenUsage
+    latency_ms: float
+
+
+async def query_instance(rt: Runtime, caller: Caller, req: QueryRequest) -> QueryResult:
+    if req.text_bytes > rt.settings.max_body_bytes:
+        raise TooLarge(
+            f"the input is {req.text_bytes} bytes; the limit is {rt.settings.max_body_bytes}",
+            param="messages" if req.messages else "prompt",
+        )
+    target = await rt.gateway.authorize(caller, req.instance_id)
+    body: dict[str, Any] = {"model": target.model, "max_tokens": req.max_tokens}
+    if req.messages is not None:
+        path = "chat/completions"
+        body["messages"] = [m.model_dump() for m in req.messages]
+    else:
+        path = "completions"
+        body["prompt"] = req.prompt
+    for name in ("temperature", "top_p", "stop", "seed"):
+        value = getattr(req, name)
+        if value is not None:
+            body[name] = value
+    started = time.perf_counter()
+    try:
+        done = await rt.gateway.complete(caller, target, path, body, started=started)
+    except UpstreamError:
+        raise Unavailable(
+            f"instance {req.instance_id} is not answering; check its state with get_instance",
+            param="instance_id",
+        ) from None
+    latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    if done.status >= 400:
+        _raise_for_upstream(req.instance_id, done.status, done.content)
+    try:
+        payload = json.loads(done.content)
+        choice = payload["choices"][0]
+        text = choice["message"]["content"] if path == "chat/completions" else choice["text"]
+        usage = payload.get("usage") or {}
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise Unavailable(
+            f"instance {req.instance_id} gave an answer that is not an OpenAI completion"
+        ) from None
+    prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    completion_tokens = int(usage.get("completion_tokens") or 0)
+    return QueryResult(
+        instance_id=target.instance_id,
+        model=target.model,
+        text=text or "",
+        finish_reason=choice.get("finish_reason"),
+        usage=TokenUsage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+        latency_ms=latency_ms,
+    )
+
+
+def _raise_for_upstream(instance_id: str, status: int, content: bytes) -> None:
+    message, param, _ = upstream_error(content)
+    if status in (401, 403):
+        raise Unavailable(f"instance {instance_id} refused the control plane's credentials")
+    if status >= 500 or message is None:
+        raise Unavailable(
+            f"instance {instance_id}'s inference server failed (HTTP {status})"
+            + (f": {message}" if message else "")
+        )
+    raise InvalidArgument(f"the instance rejected the request: {message}", param=param)
