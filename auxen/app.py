@@ -14,6 +14,7 @@ from starlette.routing import Route
 from auxen import __version__
 from auxen.config import Settings
 from auxen.inference.proxy import InferenceProxy
+from auxen.mcp_server.http import McpEndpoint
 from auxen.rest.errors import auxen_error, http_error, unexpected_error
 from auxen.rest.handlers import RestApi
 from auxen.runtime import Runtime
@@ -23,6 +24,7 @@ from auxen.tools.errors import AuxenError
 def create_app(settings: Settings | None = None, *, background: bool = True) -> Starlette:
     rt = Runtime.build(settings or Settings())
     proxy = InferenceProxy(rt)
+    mcp = McpEndpoint(rt)
     rest = RestApi(rt)
 
     async def health(request: Request) -> Response:
@@ -46,13 +48,16 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/v1/keys", rest.list_keys, methods=["GET"]),
         Route("/v1/keys/{id}", rest.revoke_key, methods=["DELETE"]),
         Route("/v1/usage", rest.usage, methods=["GET"]),
+        # MCP over Streamable HTTP (GET, POST, DELETE), for agents.
+        Route("/mcp", mcp),
     ]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await rt.start(background=background)
         try:
-            yield
+            async with mcp.running():
+                yield
         finally:
             await rt.close()
 

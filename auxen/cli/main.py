@@ -14,6 +14,7 @@ from rich.table import Table
 
 from auxen.cli.client import ApiError, AuxenClient
 from auxen.config import ConfigError, Settings
+from auxen.tools.errors import AuxenError
 
 app = typer.Typer(
     help="Auxen: private LLM inference on dedicated vLLM instances.", no_args_is_help=True
@@ -90,6 +91,46 @@ def serve(
 
 
 @app.command()
+def mcp() -> None:
+    """Run the MCP server on stdio for a local agent (credentials from the environment).
+
+    AUXEN_API_KEY is required. With AUXEN_URL, tools run on that Auxen server; without
+    it, they run in this process on the local database, as `auxen serve` would.
+    """
+    import logging
+    import os
+    import sys
+
+    import anyio
+
+    from auxen.mcp_server import stdio
+
+    # stdout is the JSON-RPC channel: every log line goes to stderr.
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    api_key = os.environ.get("AUXEN_API_KEY", "").strip()
+    if not api_key:
+        err.print(
+            "[red]error:[/] AUXEN_API_KEY is not set; create a key with "
+            "`auxen init` or `auxen keys create` and put it in the MCP client's env"
+        )
+        raise typer.Exit(2)
+    url = os.environ.get("AUXEN_URL", "").strip()
+    try:
+        if url:
+            anyio.run(stdio.serve_remote, url, api_key)
+        else:
+            anyio.run(stdio.serve_embedded, Settings(), api_key)
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except AuxenError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def init(
     email: Annotated[str, typer.Option(help="Owner's email address")],
     workspace: Annotated[str, typer.Option(help="Workspace name")] = "default",
@@ -97,7 +138,6 @@ def init(
 ) -> None:
     """Create a workspace, its owner, and a first account key (printed once)."""
     from auxen.runtime import Runtime
-    from auxen.tools.errors import AuxenError
     from auxen.tools.workspaces import create_workspace
 
     async def run() -> Any:

@@ -3,7 +3,6 @@ calls one operation in `auxen.tools`, and shapes the answer."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -98,17 +97,7 @@ class RestApi:
     async def usage(self, request: Request) -> Response:
         caller = await self._caller(request)
         since_arg = request.query_params.get("since")
-        since = None
-        if since_arg:
-            try:
-                since = datetime.fromisoformat(since_arg.replace("Z", "+00:00"))
-            except ValueError:
-                raise InvalidArgument(
-                    "since must be an ISO 8601 time such as 2026-11-01T00:00:00Z",
-                    param="since",
-                ) from None
-            if since.tzinfo is None:
-                raise InvalidArgument("since must include a time zone (e.g. Z)", param="since")
+        since = usage.parse_since(since_arg) if since_arg else None
         summary = await usage.get_usage(
             self.rt, caller, instance_id=request.query_params.get("instance_id"), since=since
         )

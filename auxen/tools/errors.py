@@ -63,6 +63,8 @@ def parse_model(model: type[M], data: dict[str, Any]) -> M:
             message = f"unknown field {param!r}"
         elif first["type"] == "missing":
             message = f"missing required field {param!r}"
+        elif param is None:  # a rule across fields, worded by the model itself
+            message = str(first["msg"]).removeprefix("Value error, ")
         else:
             message = f"invalid {param}: {first['msg']}"
         raise InvalidArgument(message, param=param) from exc

@@ -10,7 +10,20 @@ from sqlmodel import col, select
 from auxen.runtime import Runtime
 from auxen.store.models import Instance, UsageRecord, as_utc
 from auxen.tools.context import Caller
+from auxen.tools.errors import InvalidArgument
 from auxen.tools.views import InstanceUsage, UsageSummary, _iso, micros_to_usd
+
+
+def parse_since(value: str) -> datetime:
+    try:
+        since = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(
+            "since must be an ISO 8601 time such as 2026-11-01T00:00:00Z", param="since"
+        ) from None
+    if since.tzinfo is None:
+        raise InvalidArgument("since must include a time zone (e.g. Z)", param="since")
+    return since
 
 
 async def get_usage(

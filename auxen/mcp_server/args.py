@@ -1,0 +1,77 @@
+"""Argument types shared by several tools: bounds and descriptions written for an agent.
+
+Every argument is strict (no "5" for 5, no "yes" for true): a wrong type is an error the
+agent sees, not a guess made on its behalf.
+"""
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from auxen.config import Settings
+from auxen.tools.instances import ProvisionRequest
+
+InstanceId = Annotated[
+    str,
+    Field(
+        description="Instance id (inst_...), as returned by provision_instance or list_instances",
+        pattern=r"^inst_[A-Za-z0-9]{1,40}$",
+        strict=True,
+    ),
+]
+
+Model = Annotated[
+    str,
+    Field(
+        description="Model to serve: a Hugging Face id (org/name) or a model directory "
+        "listed by list_models",
+        min_length=1,
+        max_length=500,
+        strict=True,
+    ),
+]
+
+GpuType = Annotated[
+    str | None,
+    Field(
+        description="GPU type from list_models; omit for the provider's default",
+        min_length=1,
+        max_length=64,
+        strict=True,
+    ),
+]
+
+Tier = Annotated[
+    str,
+    Field(description="Isolation tier; 'dedicated' (single-tenant) is offered", strict=True),
+]
+
+
+def ttl_hours(settings: Settings) -> Any:
+    """Hours until automatic destruction, bounded by this server's maximum."""
+    return Annotated[
+        float,
+        Field(
+            description="Hours until the instance is destroyed automatically (it can be "
+            f"destroyed earlier); at least 1 minute (0.0167), at most "
+            f"{settings.max_ttl_seconds / 3600:g}",
+            ge=1 / 60,
+            le=settings.max_ttl_seconds / 3600,
+            strict=True,
+        ),
+    ]
+
+
+def provision_request(
+    model: str, gpu_type: str | None, tier: str, ttl_hours: float, idempotency_key: str | None
+) -> dict[str, Any]:
+    """Tool arguments in the shape of `ProvisionRequest` (ttl in seconds)."""
+    fields: dict[str, Any] = {
+        "model": model,
+        "gpu_type": gpu_type,
+        "tier": tier,
+        "ttl": round(ttl_hours * 3600),
+        "idempotency_key": idempotency_key,
+    }
+    assert set(fields) <= set(ProvisionRequest.model_fields)
+    return fields

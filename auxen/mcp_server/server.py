@@ -1,0 +1,143 @@
+"""The MCP server: `auxen.tools` operations exposed as MCP tools.
+
+Each module in `auxen.mcp_server.tools` contributes its tools through a `tools(env)`
+function; adding a family of tools (knowledge bases, billing) is one new module there.
+This module holds what they share: who is calling, typed errors turned into tool
+errors an agent can act on, and arguments checked strictly before anything runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
+from pydantic import ValidationError
+
+from auxen import __version__
+from auxen.runtime import Runtime
+from auxen.store.models import Instance
+from auxen.tools.context import Caller
+from auxen.tools.errors import AuxenError, M, parse_model
+from auxen.tools.views import InstanceView, instance_view
+
+T = TypeVar("T")
+
+CallerOf = Callable[[Context[Any, Any]], Awaitable[Caller]]
+
+INSTRUCTIONS = """\
+Auxen runs private LLM inference on dedicated instances (one vLLM server per instance,
+single-tenant; prompts and answers are never stored).
+Typical flow: list_models -> quote_instance -> provision_instance (wait=true reports
+progress until ready) -> query_instance -> get_usage -> destroy_instance.
+Instances cost money per hour until destroyed or their TTL ends; destroy them when done.
+Every error names the argument at fault and what to do next."""
+
+READ_ONLY = ToolAnnotations(
+    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
+
+
+@dataclass(frozen=True)
+class ToolEnv:
+    """What every tool module gets: the runtime and a way to learn who is calling."""
+
+    rt: Runtime
+    caller_of: CallerOf
+
+    async def call(
+        self, ctx: Context[Any, Any], op: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T:
+        """Run one operation as the calling principal; typed errors become tool errors."""
+        try:
+            caller = await self.caller_of(ctx)
+            return await op(self.rt, caller, *args, **kwargs)
+        except AuxenError as exc:
+            raise ToolError(describe(exc)) from None
+
+    def parse(self, model: type[M], data: dict[str, Any]) -> M:
+        """Validate a request model built from tool arguments; problems become tool errors."""
+        try:
+            return parse_model(model, {k: v for k, v in data.items() if v is not None})
+        except AuxenError as exc:
+            raise ToolError(describe(exc)) from None
+
+    def instance(self, instance: Instance) -> InstanceView:
+        return instance_view(instance, self.rt.settings.base_url)
+
+
+def describe(exc: AuxenError) -> str:
+    where = f" [argument: {exc.param}]" if exc.param else ""
+    return f"{exc.code}{where}: {exc.message}"
+
+
+class AuxenMCP(MCPServer[Any]):
+    """MCPServer that refuses unknown arguments and words argument errors for an agent."""
+
+    def __init__(self, tools: list[Tool]) -> None:
+        for tool in tools:
+            # Typos must not silently fall back to defaults (`ttl` for `ttl_hours`).
+            tool.parameters["additionalProperties"] = False
+        self._params = {t.name: set(t.parameters.get("properties", {})) for t in tools}
+        super().__init__(
+            name="auxen",
+            title="Auxen",
+            description="Private LLM inference on dedicated vLLM instances",
+            instructions=INSTRUCTIONS,
+            version=__version__,
+            tools=tools,
+            log_level="WARNING",
+        )
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        known = self._params.get(name)
+        if known is not None:
+            unknown = sorted(set(arguments) - known)
+            if unknown:
+                raise ToolError(
+                    f"invalid_argument [argument: {unknown[0]}]: unknown argument "
+                    f"{unknown[0]!r}; {name} takes: {', '.join(sorted(known))}"
+                )
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValidationError):
+                raise ToolError(_argument_error(cause)) from cause
+            if cause is not None and isinstance(cause, ToolError):
+                raise ToolError(str(cause)) from cause  # drop the SDK's "Error executing" prefix
+            raise
+
+
+def _argument_error(error: ValidationError) -> str:
+    """The first bad argument and why, without echoing the value back."""
+    first = error.errors(include_input=False, include_url=False)[0]
+    param = ".".join(str(p) for p in first["loc"]) or "arguments"
+    if first["type"] == "missing":
+        why = f"{param} is required"
+    elif first["type"] == "extra_forbidden":
+        why = f"{param} is not an argument of this tool"
+    else:
+        why = f"invalid {param}: {first['msg']}"
+    return f"invalid_argument [argument: {param}]: {why}"
+
+
+def build_server(rt: Runtime, caller_of: CallerOf) -> AuxenMCP:
+    from auxen.mcp_server import tools as toolsets
+
+    env = ToolEnv(rt, caller_of)
+    tools: list[Tool] = []
+    for info in sorted(pkgutil.iter_modules(toolsets.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{toolsets.__name__}.{info.name}")
+        tools.extend(module.tools(env))
+    return AuxenMCP(tools)
