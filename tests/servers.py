@@ -63,9 +63,9 @@ class AuxenServer:
             AUXEN_PORT=str(self.port),
             AUXEN_RECONCILE_INTERVAL_S="1",
             AUXEN_USAGE_FLUSH_INTERVAL_S="0.1",
-            **vllm_env(),
-            **self.extra_env,
         )
+        env.update(vllm_env())
+        env.update(self.extra_env)
         return env
 
     def cli(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,323 @@
+"""Bad input on every MCP tool: missing, wrong-typed, out-of-range and hostile arguments
+(other workspaces' ids, huge strings) get a tool error naming the argument, and change
+nothing. Plus the gates in front of the tools: keys, origins, session binding.
+
+The instances here run a process that never becomes ready (not vLLM): these tests are
+about what stands in front of an instance, and a `starting` instance is what they need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import pytest
+from sqlmodel import select
+
+from auxen.store.db import Database
+from auxen.store.models import ApiKey, Instance, UsageRecord
+from tests.mcp_clients import error_text, http_client, structured
+from tests.servers import AuxenServer, wait_for_state
+
+MAX_BODY = 65_536
+
+
+@dataclass
+class World:
+    server: AuxenServer
+    key: str  # workspace A, live
+    other_key: str  # workspace B, live
+    mine: str  # an instance of A, stuck in `starting`
+    theirs: str  # an instance of B, stuck in `starting`
+    instance_key: str  # A's auxk_ key for `mine`
+
+    def snapshot(self) -> tuple[Any, ...]:
+        async def read() -> tuple[Any, ...]:
+            db = Database(self.server.database_url)
+            try:
+                async with db.system() as s:
+                    instances = sorted(
+                        (i.id, i.state.value, i.expires_at)
+                        for i in (await s.exec(select(Instance))).all()
+                    )
+                    keys = sorted(
+                        (k.id, k.revoked_at) for k in (await s.exec(select(ApiKey))).all()
+                    )
+                    usage = len((await s.exec(select(UsageRecord))).all())
+                    return tuple(instances), tuple(keys), usage
+            finally:
+                await db.close()
+
+        return asyncio.run(read())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("mcp-input")
+    model_dir = root / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    never_ready = f"{sys.executable} -c 'import time; time.sleep(3600)'"
+    server = AuxenServer(
+        root / "data",
+        f"sqlite:///{root / 'auxen.db'}",
+        extra_env={"AUXEN_VLLM_COMMAND": never_ready, "AUXEN_MAX_BODY_BYTES": str(MAX_BODY)},
+    )
+    key = server.init_workspace("a@example.com")
+    other_key = server.init_workspace("b@example.com")
+    server.start()
+    made = {}
+    for name, k in (("mine", key), ("theirs", other_key)):
+        reply = server.client(k).post("/v1/instances", json={"model": str(model_dir)})
+        assert reply.status_code == 202, reply.text
+        made[name] = reply.json()
+        wait_for_state(server.client(k), made[name]["id"], {"starting"}, timeout=30)
+    try:
+        yield World(
+            server,
+            key,
+            other_key,
+            made["mine"]["id"],
+            made["theirs"]["id"],
+            made["mine"]["instance_key"],
+        )
+    finally:
+        for name, k in (("mine", key), ("theirs", other_key)):
+            server.client(k).delete(f"/v1/instances/{made[name]['id']}")
+        server.stop()
+        log = server.log_path.read_text()
+        assert "Traceback" not in log, log[-3000:]
+
+
+async def call(world: World, tool: str, args: dict[str, Any], key: str | None = None) -> Any:
+    async with http_client(world.server.url, key or world.key) as client:
+        return await client.call_tool(tool, args)
+
+
+HUGE = "x" * 20_000
+
+# (tool, arguments, the argument the error must name)
+BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
+    ("provision_instance", {}, "model"),
+    ("provision_instance", {"model": 5}, "model"),
+    ("provision_instance", {"model": ["org/name"]}, "model"),
+    ("provision_instance", {"model": HUGE}, "model"),
+    ("provision_instance", {"model": "../../etc/passwd"}, "model"),
+    ("provision_instance", {"model": "org/name; rm -rf /"}, "model"),
+    ("provision_instance", {"model": "/nonexistent/dir"}, "model"),
+    ("provision_instance", {"model": "org/name", "ttl_hours": 0}, "ttl_hours"),
+    ("provision_instance", {"model": "org/name", "ttl_hours": 10_000}, "ttl_hours"),
+    ("provision_instance", {"model": "org/name", "ttl_hours": "1"}, "ttl_hours"),
+    ("provision_instance", {"model": "org/name", "ttl": 3600}, "ttl"),
+    ("provision_instance", {"model": "org/name", "gpu_type": "H100-80GB"}, "gpu_type"),
+    ("provision_instance", {"model": "org/name", "gpu_type": "TPU"}, "gpu_type"),
+    ("provision_instance", {"model": "org/name", "tier": "shared-small"}, "tier"),
+    ("provision_instance", {"model": "org/name", "tier": 1}, "tier"),
+    ("provision_instance", {"model": "org/name", "wait": "yes"}, "wait"),
+    ("provision_instance", {"model": "org/name", "idempotency_key": ""}, "idempotency_key"),
+    ("quote_instance", {}, "model"),
+    ("quote_instance", {"model": "org/name", "ttl_hours": -1}, "ttl_hours"),
+    ("quote_instance", {"model": "org/name", "gpu_type": "A100-80GB"}, "gpu_type"),
+    ("list_models", {"verbose": True}, "verbose"),
+    ("get_instance", {}, "instance_id"),
+    ("get_instance", {"instance_id": 7}, "instance_id"),
+    ("get_instance", {"instance_id": "inst_" + "a" * 5000}, "instance_id"),
+    ("get_instance", {"instance_id": "../instances"}, "instance_id"),
+    ("get_instance", {"instance_id": "inst_doesnotexist"}, "instance_id"),
+    ("list_instances", {"limit": 0}, "limit"),
+    ("list_instances", {"limit": 101}, "limit"),
+    ("list_instances", {"limit": "5"}, "limit"),
+    ("list_instances", {"state": "exploded"}, "state"),
+    ("destroy_instance", {}, "instance_id"),
+    ("destroy_instance", {"instance_id": None}, "instance_id"),
+    ("query_instance", {"prompt": "hi"}, "instance_id"),
+    ("query_instance", {"instance_id": "inst_x", "max_tokens": 0, "prompt": "hi"}, "max_tokens"),
+    (
+        "query_instance",
+        {"instance_id": "inst_x", "max_tokens": 10**6, "prompt": "hi"},
+        "max_tokens",
+    ),
+    ("query_instance", {"instance_id": "inst_x", "temperature": 9, "prompt": "hi"}, "temperature"),
+    ("query_instance", {"instance_id": "inst_x", "top_p": 0, "prompt": "hi"}, "top_p"),
+    ("query_instance", {"instance_id": "inst_x", "stop": ["a"] * 5, "prompt": "hi"}, "stop"),
+    ("query_instance", {"instance_id": "inst_x", "messages": []}, "messages"),
+    ("query_instance", {"instance_id": "inst_x", "messages": "hello"}, "messages"),
+    (
+        "query_instance",
+        {"instance_id": "inst_x", "messages": [{"role": "wizard", "content": "hi"}]},
+        "messages.0.role",
+    ),
+    ("query_instance", {"instance_id": "inst_x", "prompt": ""}, "prompt"),
+    ("get_usage", {"since": "yesterday"}, "since"),
+    ("get_usage", {"since": "2026-01-01T00:00:00"}, "since"),
+    ("get_usage", {"instance_id": "'; DROP TABLE instance; --"}, "instance_id"),
+]
+
+
+@pytest.mark.parametrize(("tool", "args", "param"), BAD_CALLS)
+def test_bad_arguments_are_tool_errors_that_change_nothing(
+    world: World, tool: str, args: dict[str, Any], param: str
+) -> None:
+    before = world.snapshot()
+    result = asyncio.run(call(world, tool, args))
+    text = error_text(result)
+    assert text.startswith(("invalid_argument", "not_found")), text
+    assert f"[argument: {param}]" in text, text
+    assert "Traceback" not in text and "validation error for" not in text, text
+    assert HUGE not in text  # never echoes what it refused
+    assert world.snapshot() == before
+
+
+def test_query_needs_exactly_one_of_messages_and_prompt(world: World) -> None:
+    for args in (
+        {"instance_id": world.mine},
+        {"instance_id": world.mine, "prompt": "hi", "messages": [{"role": "user", "content": "x"}]},
+    ):
+        text = error_text(asyncio.run(call(world, "query_instance", args)))
+        assert "exactly one of messages (chat) or prompt" in text, text
+
+
+def test_other_workspaces_instances_do_not_exist_for_me(world: World) -> None:
+    before = world.snapshot()
+    for tool, args in (
+        ("get_instance", {"instance_id": world.theirs}),
+        ("destroy_instance", {"instance_id": world.theirs}),
+        ("query_instance", {"instance_id": world.theirs, "prompt": "hi"}),
+    ):
+        text = error_text(asyncio.run(call(world, tool, args)))
+        assert text.startswith("not_found [argument: instance_id]"), text
+    usage = structured(asyncio.run(call(world, "get_usage", {"instance_id": world.theirs})))
+    assert usage["instances"] == [] and usage["requests"] == 0
+    listed = structured(asyncio.run(call(world, "list_instances", {})))
+    assert [i["id"] for i in listed["instances"]] == [world.mine]
+    assert world.snapshot() == before
+
+
+def test_query_on_an_instance_that_is_not_ready(world: World) -> None:
+    text = error_text(
+        asyncio.run(call(world, "query_instance", {"instance_id": world.mine, "prompt": "hi"}))
+    )
+    assert text.startswith("conflict [argument: instance_id]") and "not ready" in text, text
+
+
+def test_oversized_query_is_refused_before_reaching_the_instance(world: World) -> None:
+    before = world.snapshot()
+    big = "y" * (MAX_BODY + 1)
+    text = error_text(
+        asyncio.run(call(world, "query_instance", {"instance_id": world.mine, "prompt": big}))
+    )
+    assert text.startswith("too_large [argument: prompt]"), text
+    assert world.snapshot() == before
+
+
+def test_quote_prices_without_creating_anything(world: World) -> None:
+    before = world.snapshot()
+    quote = structured(
+        asyncio.run(call(world, "quote_instance", {"model": "org/name", "ttl_hours": 2}))
+    )
+    assert quote["gpu_type"] == "cpu" and quote["ttl_seconds"] == 7200
+    assert quote["max_cost_micros"] == 0 and quote["provider"] == "local"
+    catalog = structured(asyncio.run(call(world, "list_models", {})))
+    assert {g["id"] for g in catalog["gpu_types"]} == {"cpu", "local-gpu"}
+    assert catalog["tiers"] == ["dedicated"]
+    assert world.snapshot() == before
+
+
+def test_instance_keys_cannot_manage_instances(world: World) -> None:
+    before = world.snapshot()
+    for tool, args in (
+        ("provision_instance", {"model": "org/name"}),
+        ("list_instances", {}),
+        ("destroy_instance", {"instance_id": world.mine}),
+        ("get_usage", {}),
+    ):
+        text = error_text(asyncio.run(call(world, tool, args, key=world.instance_key)))
+        assert text.startswith("permission_denied"), text
+    assert world.snapshot() == before
+
+
+def test_endpoint_requires_a_valid_key(world: World) -> None:
+    url = f"{world.server.url}/mcp"
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    headers = {"Accept": "application/json, text/event-stream"}
+    missing = httpx2.post(url, json=body, headers=headers)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'Bearer realm="auxen"'
+    for bad in ("nope", world.key[:-1] + ("A" if world.key[-1] != "A" else "B")):
+        wrong = httpx2.post(url, json=body, headers={**headers, "Authorization": f"Bearer {bad}"})
+        assert wrong.status_code == 401, wrong.text
+        assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
+        assert wrong.json()["error"] == "invalid_token"
+
+
+def test_foreign_origins_and_hosts_are_refused_before_auth(world: World) -> None:
+    url = f"{world.server.url}/mcp"
+    for headers, status in (
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": "http://evil.example", "Authorization": f"Bearer {world.key}"}, 403),
+        ({"Host": "evil.example"}, 421),
+        ({"Host": "evil.example", "Authorization": f"Bearer {world.key}"}, 421),
+    ):
+        reply = httpx2.post(url, json={}, headers={"Content-Type": "application/json", **headers})
+        assert reply.status_code == status, (headers, reply.status_code, reply.text)
+
+
+def test_a_session_belongs_to_the_key_that_opened_it(world: World) -> None:
+    url = f"{world.server.url}/mcp"
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {world.key}",
+    }
+    opened = httpx2.post(
+        url,
+        headers=headers,
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+    )
+    assert opened.status_code == 200, opened.text
+    session = opened.headers["mcp-session-id"]
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    session_headers = {**headers, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+    hijack = httpx2.post(
+        url,
+        json=listing,
+        headers={**session_headers, "Authorization": f"Bearer {world.other_key}"},
+    )
+    assert hijack.status_code == 404, hijack.text
+    own = httpx2.post(url, json=listing, headers=session_headers)
+    assert own.status_code == 200 and "provision_instance" in own.text
+
+
+def test_revoked_key_loses_access_at_once(world: World) -> None:
+    http = world.server.client(world.key)
+    made = http.post("/v1/keys", json={"name": "short-lived"}).json()
+
+    async def flow() -> None:
+        async with http_client(world.server.url, made["key"]) as client:
+            assert not (await client.call_tool("list_instances", {})).is_error
+            assert http.delete(f"/v1/keys/{made['id']}").status_code == 200
+            with pytest.raises(Exception):  # noqa: B017 (the transport reports the 401)
+                await client.call_tool("list_instances", {})
+
+    asyncio.run(flow())
