@@ -30,6 +30,7 @@ async def get_usage(
     rt: Runtime, caller: Caller, *, instance_id: str | None = None, since: datetime | None = None
 ) -> UsageSummary:
     caller.require_account()
+    await rt.usage.flush()  # read-your-writes: calls this process just metered count
     now = datetime.now(UTC)
     async with rt.db.scoped(caller.workspace_id) as session:
         instances_q = select(Instance).where(col(Instance.livemode) == caller.livemode)
