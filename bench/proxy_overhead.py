@@ -139,7 +139,8 @@ def start_fake(port: int, key: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_auxen(data: Path, port: int) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_auxen(data: Path, port: int) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    """`auxen serve` with one ready instance: (process, instance id, its key, account key)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUXEN_")}
     env.update(
         AUXEN_DATA_DIR=str(data),
@@ -170,7 +171,7 @@ def start_auxen(data: Path, port: int) -> tuple[subprocess.Popen[bytes], str, st
         if time.monotonic() > deadline:
             raise RuntimeError("bench instance never became ready")
         time.sleep(0.2)
-    return proc, made["id"], made["instance_key"]
+    return proc, made["id"], made["instance_key"], key
 
 
 def main() -> None:
@@ -182,7 +183,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         fake = start_fake(direct_port, "direct-key")
-        auxen, instance_id, instance_key = start_auxen(Path(tmp) / "data", auxen_port)
+        auxen, instance_id, instance_key, _ = start_auxen(Path(tmp) / "data", auxen_port)
         try:
             for concurrency, total in ((1, n1), (16, n16)):
                 for stream in (False, True):
