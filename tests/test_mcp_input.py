@@ -9,19 +9,25 @@ about what stands in front of an instance, and a `starting` instance is what the
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from sqlmodel import select
 
 from auxen.store.db import Database
 from auxen.store.models import ApiKey, Instance, UsageRecord
 from tests.mcp_clients import error_text, http_client, structured
-from tests.servers import AuxenServer, wait_for_state
+from tests.servers import REPO, AuxenServer, wait_for_state
 
 MAX_BODY = 65_536
 
@@ -321,3 +327,100 @@ def test_revoked_key_loses_access_at_once(world: World) -> None:
                 await client.call_tool("list_instances", {})
 
     asyncio.run(flow())
+
+
+def test_mcp_json_entries_work_as_written(world: World) -> None:
+    """The ready-to-paste client config at the repo root, with only the key and the
+    server's address filled in."""
+    entries = json.loads((REPO / "mcp.json").read_text())["mcpServers"]
+    placeholder = "auxen_live_REPLACE_WITH_YOUR_KEY"
+    default_url = "http://127.0.0.1:8000"
+    stdio, remote = entries["auxen"], entries["auxen-remote"]
+
+    async def flow() -> None:
+        command = shutil.which(stdio["command"], path=str(Path(sys.executable).parent))
+        assert command is not None
+        env = {
+            k: v.replace(placeholder, world.key).replace(default_url, world.server.url)
+            for k, v in stdio["env"].items()
+        }
+        params = StdioServerParameters(
+            command=command, args=stdio["args"], env={**world.server.env(), **env}
+        )
+        async with Client(params) as client:
+            listed = await client.list_tools()
+            assert "provision_instance" in {t.name for t in listed.tools}
+        assert remote["type"] == "http"
+        headers = {k: v.replace(placeholder, world.key) for k, v in remote["headers"].items()}
+        http = httpx2.AsyncClient(headers=headers)
+        url = remote["url"].replace(default_url, world.server.url)
+        async with http, Client(streamable_http_client(url, http_client=http)) as client:
+            mine = await client.call_tool("get_instance", {"instance_id": world.mine})
+            assert structured(mine)["id"] == world.mine
+
+    asyncio.run(flow())
+
+
+def test_stdio_writes_nothing_but_json_rpc(tmp_path: Path) -> None:
+    local = AuxenServer(tmp_path / "data", f"sqlite:///{tmp_path / 'auxen.db'}")
+    key = local.init_workspace("stdio@example.com")
+    command = [sys.executable, "-m", "auxen.cli.main", "mcp"]
+    refused = subprocess.run(command, env=local.env(), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "AUXEN_API_KEY is not set" in refused.stderr
+    wrong = subprocess.run(
+        command,
+        env={**local.env(), "AUXEN_API_KEY": key[:-2] + "zz"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2 and wrong.stdout == "" and "invalid API key" in wrong.stderr
+
+    requests = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "get_usage"}},
+        {
+            "jsonrpc": "2.0",
+            "id": 4,
+            "method": "tools/call",
+            "params": {"name": "get_instance", "arguments": {"instance_id": "inst_nope"}},
+        },
+    ]
+    proc = subprocess.Popen(
+        command,
+        env={**local.env(), "AUXEN_API_KEY": key},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    for request in requests:
+        proc.stdin.write(json.dumps(request) + "\n")
+    proc.stdin.flush()
+    answers: dict[int, dict[str, Any]] = {}
+    while len(answers) < 4:
+        line = proc.stdout.readline()
+        assert line, "auxen mcp closed stdout early"
+        message = json.loads(line)  # every line on stdout is a JSON-RPC message
+        assert message["jsonrpc"] == "2.0"
+        if "id" in message:
+            answers[message["id"]] = message
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    assert proc.stdout.read() == ""
+    assert answers[3]["result"]["structuredContent"]["requests"] == 0
+    assert answers[4]["result"]["isError"] is True
+    assert "not_found" in answers[4]["result"]["content"][0]["text"]
