@@ -222,5 +222,9 @@ def test_cli_reports_errors_clearly(api: Api, tmp_path: Path) -> None:
     assert "model" in result.stderr and "does not exist" in result.stderr
     listed = api.server.cli("keys", "list", "--json", AUXEN_API_KEY=api.key)
     assert json.loads(listed.stdout)
+    fresh = api.server.client(api.key).post("/v1/keys", json={"name": "unused"}).json()
+    table = api.server.cli("keys", "list", AUXEN_API_KEY=api.key, COLUMNS="200").stdout
+    row = next(line for line in table.splitlines() if fresh["id"] in line)
+    assert "never" in row, table
     unauth = api.server.cli("instances", "list", check=False, AUXEN_API_KEY="")
     assert unauth.returncode == 2 and "AUXEN_API_KEY" in unauth.stderr

@@ -303,6 +303,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
             "created": "created_at",
             "last used": "last_used_at",
         },
+        empty={"last_used_at": "never"},
     )
 
 
@@ -322,15 +323,24 @@ def usage(
     print(json.dumps(_call("GET", "/v1/usage", params=params), indent=2))
 
 
-def _show(rows: list[dict[str, Any]], as_json: bool, columns: dict[str, str]) -> None:
-    """Rows as JSON, or as a table of `columns` (header -> field)."""
+def _show(
+    rows: list[dict[str, Any]],
+    as_json: bool,
+    columns: dict[str, str],
+    empty: dict[str, str] | None = None,
+) -> None:
+    """Rows as JSON, or as a table of `columns` (header -> field); `empty` says what a
+    missing value of a field means (e.g. a key never used)."""
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     table = Table(*columns)
     for row in rows:
         table.add_row(
-            *(str(row[field]) if row[field] is not None else "" for field in columns.values())
+            *(
+                str(row[field]) if row[field] is not None else (empty or {}).get(field, "")
+                for field in columns.values()
+            )
         )
     out.print(table)
 
