@@ -26,7 +26,7 @@ from sqlmodel import select
 
 from auxen.store.db import Database
 from auxen.store.models import ApiKey, Instance, UsageRecord
-from tests.mcp_clients import error_text, http_client, structured
+from tests.mcp_clients import error_text, http_client, stdio_client, structured
 from tests.servers import REPO, AuxenServer, wait_for_state
 
 MAX_BODY = 65_536
@@ -424,3 +424,45 @@ def test_stdio_writes_nothing_but_json_rpc(tmp_path: Path) -> None:
     assert answers[3]["result"]["structuredContent"]["requests"] == 0
     assert answers[4]["result"]["isError"] is True
     assert "not_found" in answers[4]["result"]["content"][0]["text"]
+
+
+def test_waiting_for_an_instance_that_fails_reports_progress_then_the_failure(
+    tmp_path: Path,
+) -> None:
+    """Through the stdio relay, so relayed progress is covered too."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    server = AuxenServer(
+        tmp_path / "data",
+        f"sqlite:///{tmp_path / 'auxen.db'}",
+        extra_env={
+            "AUXEN_VLLM_COMMAND": f"{sys.executable} -c 'import time; time.sleep(3600)'",
+            "AUXEN_VLLM_READY_TIMEOUT_S": "8",
+        },
+    )
+    key = server.init_workspace("waiter@example.com")
+    server.start()
+    events: list[tuple[float, str | None]] = []
+
+    async def record(progress: float, total: float | None, message: str | None) -> None:
+        events.append((progress, message))
+
+    async def flow() -> Any:
+        async with stdio_client(server, key, AUXEN_URL=server.url) as client:
+            return await client.call_tool(
+                "provision_instance",
+                {"model": str(model_dir), "wait": True},
+                progress_callback=record,
+            )
+
+    try:
+        text = error_text(asyncio.run(flow()))
+    finally:
+        server.stop()
+    assert text.startswith("failed: instance inst_") and "is failed after" in text, text
+    assert "nothing is left running" in text
+    assert len(events) >= 3, events  # state changes plus heartbeats while it starts
+    assert [p for p, _ in events] == sorted(p for p, _ in events)
+    assert any(" starting after " in (m or "") for _, m in events), events
+    assert (events[-1][1] or "").split()[1] == "failed", events

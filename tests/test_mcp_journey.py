@@ -33,7 +33,11 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[World]:
     root = tmp_path_factory.mktemp("mcp-journey")
-    server = AuxenServer(root / "data", f"sqlite:///{root / 'data' / 'auxen.db'}")
+    server = AuxenServer(
+        root / "data",
+        f"sqlite:///{root / 'data' / 'auxen.db'}",
+        extra_env={"AUXEN_MODELS_DIR": str(tiny_model.parent)},
+    )
     key = server.init_workspace("agent@example.com")
     server.start()
     w = World(server, key, str(tiny_model))
@@ -126,6 +130,7 @@ async def test_agent_over_streamable_http(world: World) -> None:
 
         catalog = structured(await client.call_tool("list_models", {}))
         assert catalog["provider"] == "local"
+        assert world.model in [m["model"] for m in catalog["models"]]
 
         made = await provision_and_query(client, world.model, "mcp-http")
         world.instance, world.instance_key = made["instance"], made["instance_key"]

@@ -107,3 +107,22 @@ def test_server_refuses_production_without_master_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "AUXEN_MASTER_KEY" in result.stderr
+
+
+def test_mcp_origin_rules_cover_loopback_the_public_url_and_configured_names() -> None:
+    from auxen.mcp_server.http import transport_security
+
+    plain = transport_security(Settings())
+    assert plain.enable_dns_rebinding_protection
+    assert {"127.0.0.1:*", "localhost:*", "[::1]:*"} <= set(plain.allowed_hosts)
+    assert "mcp.example.com" not in plain.allowed_hosts
+    deployed = transport_security(
+        Settings(
+            public_url="https://mcp.example.com",
+            allowed_hosts="auxen.internal:8000, ",
+            allowed_origins="https://app.example.com/",
+        )
+    )
+    assert {"mcp.example.com", "auxen.internal:8000"} <= set(deployed.allowed_hosts)
+    assert {"https://mcp.example.com", "https://app.example.com"} <= set(deployed.allowed_origins)
+    assert "" not in deployed.allowed_hosts
