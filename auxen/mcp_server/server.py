@@ -102,9 +102,10 @@ class AuxenMCP(MCPServer[Any]):
         if known is not None:
             unknown = sorted(set(arguments) - known)
             if unknown:
+                bad = unknown[0][:64]  # a name is the caller's text too: keep it short
                 raise ToolError(
-                    f"invalid_argument [argument: {unknown[0]}]: unknown argument "
-                    f"{unknown[0]!r}; {name} takes: {', '.join(sorted(known))}"
+                    f"invalid_argument [argument: {bad}]: unknown argument {bad!r}; "
+                    f"{name} takes: {', '.join(sorted(known))}"
                 )
         try:
             return await super().call_tool(name, arguments, context)
@@ -122,7 +123,7 @@ class AuxenMCP(MCPServer[Any]):
 def _argument_error(error: ValidationError) -> str:
     """The first bad argument and why, without echoing the value back."""
     first = error.errors(include_input=False, include_url=False)[0]
-    param = ".".join(str(p) for p in first["loc"]) or "arguments"
+    param = ".".join(str(p) for p in first["loc"])[:100] or "arguments"
     if first["type"] == "missing":
         why = f"{param} is required"
     elif first["type"] == "extra_forbidden":
