@@ -13,9 +13,7 @@ import itertools
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from proxy_overhead import FAKE, RawClient, build_request, free_port, start_auxen
+from proxy_overhead import RawClient, build_request, free_port, start_auxen, stop_auxen
 
 HERE = Path(__file__).resolve().parent
 PROMPT = [{"role": "user", "content": "hello"}]
@@ -161,9 +159,7 @@ def main() -> None:
                     row[name] = asyncio.run(load(port, make, concurrency, total))
                 results.append(row)
         finally:
-            auxen.send_signal(signal.SIGTERM)
-            auxen.wait(30)
-            subprocess.run(["pkill", "-f", f"{FAKE}"], check=False)
+            stop_auxen(auxen, url, key, instance_id)
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}\n"

@@ -174,6 +174,13 @@ def start_auxen(data: Path, port: int) -> tuple[subprocess.Popen[bytes], str, st
     return proc, made["id"], made["instance_key"], key
 
 
+def stop_auxen(proc: subprocess.Popen[bytes], url: str, key: str, instance_id: str) -> None:
+    """Destroy the benchmark's instance (its upstream process goes with it), then stop."""
+    httpx2.delete(f"{url}/v1/instances/{instance_id}", headers={"Authorization": f"Bearer {key}"})
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer requests")
@@ -183,7 +190,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         fake = start_fake(direct_port, "direct-key")
-        auxen, instance_id, instance_key, _ = start_auxen(Path(tmp) / "data", auxen_port)
+        auxen, instance_id, instance_key, key = start_auxen(Path(tmp) / "data", auxen_port)
         try:
             for concurrency, total in ((1, n1), (16, n16)):
                 for stream in (False, True):
@@ -219,11 +226,9 @@ def main() -> None:
                         }
                     )
         finally:
-            auxen.send_signal(signal.SIGTERM)
-            auxen.wait(30)
+            stop_auxen(auxen, f"http://127.0.0.1:{auxen_port}", key, instance_id)
             fake.terminate()
             fake.wait(10)
-            subprocess.run(["pkill", "-f", f"{FAKE}"], check=False)
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}\n"

@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -466,3 +467,80 @@ def test_waiting_for_an_instance_that_fails_reports_progress_then_the_failure(
     assert [p for p, _ in events] == sorted(p for p, _ in events)
     assert any(" starting after " in (m or "") for _, m in events), events
     assert (events[-1][1] or "").split()[1] == "failed", events
+
+
+def test_tool_arguments_and_errors_stay_out_of_the_server_log(world: World) -> None:
+    marker = "/srv/secret-project-marker-4417"
+    asyncio.run(call(world, "quote_instance", {"model": marker}))
+    asyncio.run(call(world, "provision_instance", {"model": "org/name", marker[:60]: 1}))
+    time.sleep(0.5)
+    assert "secret-project-marker" not in world.server.log_path.read_text()
+
+
+def test_one_key_cannot_hold_every_session(world: World) -> None:
+    url = f"{world.server.url}/mcp"
+    http = world.server.client(world.key)
+    made = http.post("/v1/keys", json={"name": "greedy"}).json()
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+
+    def open_session(key: str) -> httpx2.Response:
+        return httpx2.post(
+            url,
+            json=initialize,
+            headers={
+                "Accept": "application/json, text/event-stream",
+                "Authorization": f"Bearer {key}",
+            },
+        )
+
+    sessions = [open_session(made["key"]) for _ in range(32)]
+    assert all(r.status_code == 200 for r in sessions)
+    refused = open_session(made["key"])
+    assert refused.status_code == 429 and "open MCP sessions" in refused.text
+    assert open_session(world.key).status_code == 200  # other keys are unaffected
+    closed = httpx2.delete(
+        url,
+        headers={
+            "Authorization": f"Bearer {made['key']}",
+            "Mcp-Session-Id": sessions[0].headers["mcp-session-id"],
+            "MCP-Protocol-Version": "2025-11-25",
+        },
+    )
+    assert closed.status_code == 200, closed.text
+    assert open_session(made["key"]).status_code == 200
+    http.delete(f"/v1/keys/{made['id']}")
+
+
+def test_a_key_revoked_during_a_wait_ends_the_wait(world: World) -> None:
+    http = world.server.client(world.key)
+    made = http.post("/v1/keys", json={"name": "waiter"}).json()
+    model_dir = world.server.data_dir.parent / "model"
+
+    async def flow() -> Any:
+        async def revoke_on_first_progress(
+            progress: float, total: float | None, message: str | None
+        ) -> None:
+            if http.get("/v1/keys").status_code == 200 and progress > 1:
+                http.delete(f"/v1/keys/{made['id']}")
+
+        async with http_client(world.server.url, made["key"]) as client:
+            return await client.call_tool(
+                "provision_instance",
+                {"model": str(model_dir), "wait": True},
+                progress_callback=revoke_on_first_progress,
+            )
+
+    text = error_text(asyncio.run(flow()))
+    assert text.startswith("unauthenticated") and "revoked" in text, text
+    for instance in http.get("/v1/instances").json()["data"]:
+        if instance["id"] not in (world.mine,):
+            http.delete(f"/v1/instances/{instance['id']}")

@@ -156,16 +156,19 @@ class InferenceGateway:
         meter = self.meter(caller, target, path, stream=False, started=started)
         try:
             upstream = await self.send(target, path, body)
-            try:
-                content = await upstream.read()
-            finally:
-                upstream.close()
         except UpstreamError:
             meter.finish(502, "upstream_unreachable")
             raise
+        try:
+            content = await upstream.read()
+        except UpstreamError:
+            meter.finish(502, "upstream_error")
+            raise
+        finally:
+            upstream.close()
         if upstream.status < 400:
             meter.take_usage(usage_of(content))
-        meter.finish(upstream.status, "ok" if upstream.status < 400 else "error")
+        meter.finish(caller_status(upstream.status), "ok" if upstream.status < 400 else "error")
         return Completion(upstream.status, content)
 
 
@@ -265,3 +268,8 @@ def upstream_error(content: bytes) -> tuple[str | None, str | None, str | None]:
         param.removeprefix("body.") if isinstance(param, str) else None,
         str(code) if code is not None else None,
     )
+
+
+def caller_status(upstream_status: int) -> int:
+    """The status the caller sees: the instance refusing our own key is a 502 (ours)."""
+    return 502 if upstream_status in (401, 403) else upstream_status

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 S = InstanceState
 LIVE_STATES = (S.PENDING, S.PROVISIONING, S.STARTING, S.READY, S.STOPPING)
 # Another process on the same database (`auxen serve` beside an embedded `auxen mcp`) may
-# have just created an instance whose resource it has not started yet: not lost, young.
+# be starting a young instance right now: the reconciler neither fails nor adopts it
+# until it is this old, so two processes never race over one bring-up.
 LAUNCH_GRACE_S = 120.0
 READINESS_POLL_S = 1.0
 
@@ -269,20 +270,20 @@ class InstanceManager:
             if instance.id in self._bring_ups or instance.id in self._destroys:
                 continue
             resource = owned.get(instance.id)
+            young = (now - as_utc(instance.created_at)).total_seconds() < LAUNCH_GRACE_S
             if instance.state is S.STOPPING:
                 await self.destroy(instance.id, instance.destroy_reason or "requested")
             elif as_utc(instance.expires_at) <= now:
                 await self.destroy(instance.id, "ttl_expired")
-            elif resource is None and (
-                instance.state is S.READY
-                or (now - as_utc(instance.created_at)).total_seconds() > LAUNCH_GRACE_S
-            ):
+            elif young and instance.state is not S.READY:
+                continue  # another process may be starting it right now; adopt it later
+            elif resource is None:
                 await self._fail(
                     instance.id,
                     "the vLLM process is gone (it crashed or was "
                     "lost while the control plane was down)",
                 )
-            elif resource is not None and instance.state is not S.READY:
+            elif instance.state is not S.READY:
                 # Interrupted warm-up: adopt the process and finish the readiness checks.
                 await self._transition(
                     instance.id,

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from auxen.httputil import bearer, openai_error, read_json_body
-from auxen.inference.gateway import Meter, Target, upstream_error
+from auxen.inference.gateway import Meter, Target, caller_status, upstream_error
 from auxen.inference.upstream import UpstreamError, UpstreamResponse
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
@@ -103,7 +103,7 @@ class InferenceProxy:
                 return _unreachable(target)
             finally:
                 upstream.close()
-            meter.finish(upstream.status, "error")
+            meter.finish(caller_status(upstream.status), "error")
             return _relay_json(upstream.status, content)
         return StreamingResponse(
             self._relay_stream(upstream, meter, wants_usage),

@@ -10,6 +10,7 @@ it; the key is checked again on every request, so revoking it ends access at onc
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,9 +20,10 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import Context
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from auxen.config import Settings
 from auxen.httputil import bearer
@@ -32,6 +34,9 @@ from auxen.tools.errors import Unauthenticated
 
 CALLER_KEY = "auxen.caller"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+SESSION_IDLE_S = 900.0  # a session unused this long is closed; its id then answers 404
+MAX_SESSIONS = 10_000
+MAX_SESSIONS_PER_KEY = 32  # one key cannot crowd every other workspace out
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -50,14 +55,6 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
     )
 
 
-async def caller_from_request(ctx: Context[Any, Any]) -> Caller:
-    request = ctx.request_context.request
-    caller = getattr(request, "scope", {}).get(CALLER_KEY)
-    if not isinstance(caller, Caller):
-        raise Unauthenticated("this request carries no authenticated caller")
-    return caller
-
-
 class McpEndpoint:
     """The ASGI app mounted at /mcp."""
 
@@ -65,12 +62,32 @@ class McpEndpoint:
         self.rt = rt
         security = transport_security(rt.settings)
         self.origin_check = TransportSecurityMiddleware(security)
-        self.server: AuxenMCP = build_server(rt, caller_from_request)
+        self.server: AuxenMCP = build_server(rt, self.caller_of)
         self.server.streamable_http_app(
             transport_security=security,
             max_request_body_size=rt.settings.max_body_bytes + 65_536,
+            session_idle_timeout=SESSION_IDLE_S,
+            max_sessions=MAX_SESSIONS,
         )
         self.sessions = self.server.session_manager
+        # session id -> (key id, last request): our count of each key's open sessions.
+        self._owners: dict[str, tuple[str, float]] = {}
+
+    async def caller_of(self, ctx: Context[Any, Any]) -> Caller:
+        """The caller of one tool call (or one poll of a long wait): the request's key,
+        verified again, so a key revoked mid-wait stops working."""
+        request = ctx.request_context.request
+        if not isinstance(request, Request) or not isinstance(
+            request.scope.get(CALLER_KEY), Caller
+        ):
+            raise Unauthenticated("this request carries no authenticated caller")
+        return await self.rt.auth.authenticate(bearer(request))
+
+    def _open_sessions(self, key_id: str, now: float) -> int:
+        for sid, (_, seen) in list(self._owners.items()):
+            if now - seen > SESSION_IDLE_S:
+                del self._owners[sid]
+        return sum(1 for owner, _ in self._owners.values() if owner == key_id)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -91,6 +108,18 @@ class McpEndpoint:
             await _unauthorized(exc.message, token_sent=token is not None)(scope, receive, send)
             return
         scope[CALLER_KEY] = caller
+        key_id = caller.key_id or ""
+        now = time.monotonic()
+        session_id = request.headers.get("mcp-session-id")
+        if session_id is not None and self._owners.get(session_id, ("",))[0] == key_id:
+            self._owners[session_id] = (key_id, now)
+            if request.method == "DELETE":
+                del self._owners[session_id]
+        elif session_id is None and request.method == "POST" and _may_open_session(request):
+            if self._open_sessions(key_id, now) >= MAX_SESSIONS_PER_KEY:
+                await _too_many_sessions()(scope, receive, send)
+                return
+            send = self._recording_new_session(send, key_id)
         # Identity the SDK binds each session to (never the key itself).
         scope["user"] = AuthenticatedUser(
             AccessToken(
@@ -101,6 +130,41 @@ class McpEndpoint:
             )
         )
         await self.sessions.handle_request(scope, receive, send)
+
+    def _recording_new_session(self, send: Send, key_id: str) -> Send:
+        async def recording(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"mcp-session-id":
+                        self._owners[value.decode()] = (key_id, time.monotonic())
+            await send(message)
+
+        return recording
+
+
+def _may_open_session(request: Request) -> bool:
+    """Only the 2025 handshake opens sessions; 2026-07-28 requests stand alone."""
+    version = request.headers.get("mcp-protocol-version")
+    return version is None or version in HANDSHAKE_PROTOCOL_VERSIONS
+
+
+def _too_many_sessions() -> Response:
+    return Response(
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {
+                    "code": -32000,
+                    "message": f"this key already has {MAX_SESSIONS_PER_KEY} open MCP "
+                    "sessions; end unused ones (HTTP DELETE) or let them expire",
+                },
+            }
+        ),
+        status_code=429,
+        media_type="application/json",
+        headers={"Retry-After": str(int(SESSION_IDLE_S))},
+    )
 
 
 def _unauthorized(message: str, *, token_sent: bool) -> Response:

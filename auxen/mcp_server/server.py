@@ -9,6 +9,7 @@ errors an agent can act on, and arguments checked strictly before anything runs.
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -85,6 +86,9 @@ class AuxenMCP(MCPServer[Any]):
             # Typos must not silently fall back to defaults (`ttl` for `ttl_hours`).
             tool.parameters["additionalProperties"] = False
         self._params = {t.name: set(t.parameters.get("properties", {})) for t in tools}
+        # The SDK logs tool errors (which quote arguments) at INFO: keep its loggers to
+        # warnings, whatever the host application configured.
+        logging.getLogger("mcp").setLevel(logging.WARNING)
         super().__init__(
             name="auxen",
             title="Auxen",

@@ -37,7 +37,7 @@ class QueryRequest(BaseModel):
     max_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: list[StopSequence] | None = Field(default=None, max_length=4)
+    stop: list[StopSequence] | None = Field(default=None, min_length=1, max_length=4)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
     @model_validator(mode="after")
@@ -101,17 +101,20 @@ async def query_instance(rt: Runtime, caller: Caller, req: QueryRequest) -> Quer
         choice = payload["choices"][0]
         text = choice["message"]["content"] if path == "chat/completions" else choice["text"]
         usage = payload.get("usage") or {}
-    except (ValueError, KeyError, IndexError, TypeError):
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+        finish_reason = choice.get("finish_reason")
+        if not isinstance(text, str | None) or not isinstance(finish_reason, str | None):
+            raise TypeError
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise Unavailable(
             f"instance {req.instance_id} gave an answer that is not an OpenAI completion"
         ) from None
-    prompt_tokens = int(usage.get("prompt_tokens") or 0)
-    completion_tokens = int(usage.get("completion_tokens") or 0)
     return QueryResult(
         instance_id=target.instance_id,
         model=target.model,
         text=text or "",
-        finish_reason=choice.get("finish_reason"),
+        finish_reason=finish_reason,
         usage=TokenUsage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

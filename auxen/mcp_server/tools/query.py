@@ -40,7 +40,7 @@ Temperature = Annotated[
 TopP = Annotated[float | None, Field(description="Nucleus sampling", gt=0, le=1, strict=True)]
 Stop = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=200, strict=True)]] | None,
-    Field(description="Up to 4 sequences that end the answer", max_length=4),
+    Field(description="Up to 4 sequences that end the answer", min_length=1, max_length=4),
 ]
 Seed = Annotated[
     int | None, Field(description="Seed for repeatable sampling", ge=0, le=2**31 - 1, strict=True)
