@@ -9,7 +9,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from auxen import __version__
 from auxen.config import Settings
@@ -19,12 +20,14 @@ from auxen.rest.errors import auxen_error, http_error, unexpected_error
 from auxen.rest.handlers import RestApi
 from auxen.runtime import Runtime
 from auxen.tools.errors import AuxenError
+from auxen.web.pages import STATIC_DIR, Pages
 
 
 def create_app(settings: Settings | None = None, *, background: bool = True) -> Starlette:
     rt = Runtime.build(settings or Settings())
     proxy = InferenceProxy(rt)
     mcp = McpEndpoint(rt)
+    pages = Pages(rt)
     rest = RestApi(rt)
 
     async def health(request: Request) -> Response:
@@ -50,6 +53,14 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/v1/usage", rest.usage, methods=["GET"]),
         # MCP over Streamable HTTP (GET, POST, DELETE), for agents.
         Route("/mcp", mcp),
+        # Pages for people.
+        Route("/signup", pages.signup_form, methods=["GET"]),
+        Route("/signup", pages.signup, methods=["POST"]),
+        Route("/login", pages.login_form, methods=["GET"]),
+        Route("/login", pages.login, methods=["POST"]),
+        Route("/logout", pages.logout, methods=["POST"]),
+        Route("/account", pages.account, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 
     @asynccontextmanager

@@ -8,9 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import select
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlmodel import SQLModel, select
 
 from auxen.store.db import CrossWorkspaceWrite, Database
+from auxen.store.migrate import alembic_config
 from auxen.store.models import ApiKey, Instance, InstanceState, KeyKind, Workspace
 
 
@@ -48,7 +52,12 @@ def test_migrations_are_repeatable(database_url: str) -> None:
             version = (
                 await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
             ).scalar_one()
-        assert version == "0001"
+            assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
+            # The migrations build exactly the schema the models describe.
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), SQLModel.metadata)
+            )
+        assert diff == [], diff
 
     run(database_url, body)
 

@@ -126,3 +126,25 @@ def test_mcp_origin_rules_cover_loopback_the_public_url_and_configured_names() -
     assert {"mcp.example.com", "auxen.internal:8000"} <= set(deployed.allowed_hosts)
     assert {"https://mcp.example.com", "https://app.example.com"} <= set(deployed.allowed_origins)
     assert "" not in deployed.allowed_hosts
+
+
+def test_browser_cookies_are_host_bound_and_secure_over_https() -> None:
+    from auxen.auth import web_sessions
+
+    deployed = Settings(public_url="https://auxen.example.com")
+    assert web_sessions.secure_cookies(deployed)
+    assert web_sessions.cookie_name(deployed, "auxen_session") == "__Host-auxen_session"
+    local = Settings()
+    assert not web_sessions.secure_cookies(local)
+    assert web_sessions.cookie_name(local, "auxen_session") == "auxen_session"
+
+
+async def test_passwords_hash_with_argon2id_and_verify_in_constant_shape() -> None:
+    from auxen.auth.passwords import hash_password, verify_password
+
+    stored = await hash_password("a long enough password")
+    assert stored.startswith("$argon2id$")
+    assert await verify_password(stored, "a long enough password")
+    assert not await verify_password(stored, "a long enough passworD")
+    assert not await verify_password(None, "a long enough password")
+    assert not await verify_password("not a hash", "a long enough password")

@@ -90,7 +90,21 @@ class Workspace(SQLModel, table=True):
 class User(SQLModel, table=True):
     id: str = Field(default_factory=lambda: new_id("usr"), primary_key=True, max_length=32)
     email: str = Field(max_length=320, unique=True, index=True)
+    # argon2id PHC string; None for users made by `auxen init`, who cannot sign in yet.
+    password_hash: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser. The cookie holds the token; only its SHA-256 is stored."""
+
+    __tablename__ = "web_session"
+
+    token_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), primary_key=True))
+    user_id: str = Field(foreign_key="user.id", index=True, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    expires_at: datetime = Field(sa_column=_ts(nullable=False, index=True))
 
 
 class Membership(TenantScoped, SQLModel, table=True):

@@ -1,0 +1,192 @@
+"""Sign up, sign in, sign out and the account page.
+
+Every form carries a CSRF token that must equal the `auxen_csrf` cookie (double submit;
+the cookie is HttpOnly, SameSite=Strict and, over https, `__Host-` bound to this host),
+so a POST from another site fails with 403 before anything happens. Pages are never
+framed or cached.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from auxen.auth import passwords, web_sessions
+from auxen.runtime import Runtime
+from auxen.store.models import User
+from auxen.tools import accounts
+from auxen.tools.errors import AuxenError
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+STATIC_DIR = Path(__file__).parent / "static"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; "
+    "form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class CsrfError(Exception):
+    pass
+
+
+class Pages:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.session_cookie = web_sessions.cookie_name(rt.settings, "auxen_session")
+        self.csrf_cookie = web_sessions.cookie_name(rt.settings, "auxen_csrf")
+        self.secure = web_sessions.secure_cookies(rt.settings)
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def current_user(self, request: Request) -> User | None:
+        return await web_sessions.user_for(self.rt.db, request.cookies.get(self.session_cookie))
+
+    def _csrf(self, request: Request) -> tuple[str, bool]:
+        """The browser's CSRF token, and whether it still has to be set as a cookie."""
+        token = request.cookies.get(self.csrf_cookie)
+        if token and 20 <= len(token) <= 100:
+            return token, False
+        return secrets.token_urlsafe(32), True
+
+    async def _check_csrf(self, request: Request) -> dict[str, Any]:
+        form = await request.form(max_files=0, max_fields=20)
+        sent = form.get("csrf_token")
+        cookie = request.cookies.get(self.csrf_cookie)
+        if not (
+            isinstance(sent, str) and cookie and hmac.compare_digest(sent.encode(), cookie.encode())
+        ):
+            raise CsrfError
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+
+    def render(
+        self, request: Request, template: str, status: int = 200, **context: Any
+    ) -> Response:
+        token, new = self._csrf(request)
+        response = TEMPLATES.TemplateResponse(
+            request, template, {"csrf_token": token, "error": None, **context}, status_code=status
+        )
+        if new:
+            response.set_cookie(
+                self.csrf_cookie, token, httponly=True, secure=self.secure, samesite="strict"
+            )
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def _signed_in(self, token: str, next_url: str) -> Response:
+        response = RedirectResponse(next_url, status_code=303)
+        response.set_cookie(
+            self.session_cookie,
+            token,
+            max_age=int(web_sessions.SESSION_TTL.total_seconds()),
+            httponly=True,
+            secure=self.secure,
+            samesite="lax",
+        )
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def _forbidden(self, request: Request) -> Response:
+        return self.render(
+            request,
+            "error.html",
+            status=403,
+            error="This form expired or came from another site. Reload the page and try again.",
+            back=request.url.path,
+        )
+
+    # -- pages -----------------------------------------------------------------------
+
+    async def signup_form(self, request: Request) -> Response:
+        return self.render(
+            request,
+            "signup.html",
+            email="",
+            workspace="",
+            next=_safe_next(request.query_params.get("next")),
+            min_password=passwords.MIN_LENGTH,
+        )
+
+    async def signup(self, request: Request) -> Response:
+        try:
+            form = await self._check_csrf(request)
+        except CsrfError:
+            return self._forbidden(request)
+        email, workspace = form.get("email", ""), form.get("workspace", "")
+        next_url = _safe_next(form.get("next"))
+        try:
+            made = await accounts.sign_up(
+                self.rt, email=email, password=form.get("password", ""), workspace_name=workspace
+            )
+        except AuxenError as exc:
+            return self.render(
+                request,
+                "signup.html",
+                status=400 if exc.code == "invalid_argument" else 409,
+                error=exc.message,
+                email=email[:320],
+                workspace=workspace[:200],
+                next=next_url,
+                min_password=passwords.MIN_LENGTH,
+            )
+        return self._signed_in(await web_sessions.start(self.rt.db, made.user.id), next_url)
+
+    async def login_form(self, request: Request) -> Response:
+        return self.render(
+            request, "login.html", email="", next=_safe_next(request.query_params.get("next"))
+        )
+
+    async def login(self, request: Request) -> Response:
+        try:
+            form = await self._check_csrf(request)
+        except CsrfError:
+            return self._forbidden(request)
+        email = form.get("email", "")
+        next_url = _safe_next(form.get("next"))
+        try:
+            user = await accounts.sign_in(self.rt, email=email, password=form.get("password", ""))
+        except AuxenError as exc:
+            return self.render(
+                request, "login.html", status=401, error=exc.message, email=email[:320],
+                next=next_url,
+            )  # fmt: skip
+        return self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
+
+    async def logout(self, request: Request) -> Response:
+        try:
+            await self._check_csrf(request)
+        except CsrfError:
+            return self._forbidden(request)
+        await web_sessions.end(self.rt.db, request.cookies.get(self.session_cookie))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(self.session_cookie, secure=self.secure, httponly=True)
+        return response
+
+    async def account(self, request: Request) -> Response:
+        user = await self.current_user(request)
+        if user is None:
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        workspaces = await accounts.workspaces_of(self.rt, user)
+        return self.render(request, "account.html", user=user, workspaces=workspaces)
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path on this site: never an absolute or scheme-relative URL (open redirect)."""
+    if not value or len(value) > 2000:
+        return "/account"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//"):
+        return "/account"
+    if "\\" in value:
+        return "/account"
+    return value
