@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
 
 import httpx2
@@ -32,8 +33,15 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         assert PASSWORD not in log
 
 
-def browser(server: AuxenServer) -> httpx2.Client:
-    return httpx2.Client(base_url=server.url, follow_redirects=False, timeout=30)
+def browser(server: AuxenServer, address: str = "192.0.2.1") -> httpx2.Client:
+    """A browser at `address` (uvicorn trusts X-Forwarded-For from loopback, as from a
+    reverse proxy on the same host), so each test's failures count against its own."""
+    return httpx2.Client(
+        base_url=server.url,
+        follow_redirects=False,
+        timeout=30,
+        headers={"X-Forwarded-For": address},
+    )
 
 
 def csrf_of(page: httpx2.Response) -> str:
@@ -183,3 +191,43 @@ def test_pages_need_a_session(server: AuxenServer) -> None:
     away = browser(server).get("/account")
     assert away.status_code == 303 and away.headers["location"] == "/login?next=/account"
     assert httpx2.get(f"{server.url}/static/auxen.css").status_code == 200
+
+
+def _login(b: httpx2.Client, email: str, password: str) -> httpx2.Response:
+    form = b.get("/login")
+    return b.post(
+        "/login", data={"csrf_token": csrf_of(form), "email": email, "password": password}
+    )
+
+
+def test_repeated_failures_slow_down_then_lock_an_account(server: AuxenServer) -> None:
+    sign_up(browser(server), "target@example.com")
+    b = browser(server, "198.51.100.7")
+    for _ in range(3):  # the free failures
+        assert _login(b, "target@example.com", "wrong password!!").status_code == 401
+    slowed = _login(b, "target@example.com", PASSWORD)  # even the right one must wait
+    assert slowed.status_code == 429 and int(slowed.headers["retry-after"]) >= 1
+    assert "too many failed attempts" in slowed.text
+    assert "auxen_session" not in slowed.headers.get("set-cookie", "")
+    time.sleep(int(slowed.headers["retry-after"]) + 0.2)
+    assert _login(b, "target@example.com", PASSWORD).status_code == 303  # and resets
+    # Hammering without waiting: the tenth failure locks the account for minutes.
+    replies = [_login(b, "target@example.com", "wrong password!!") for _ in range(10)]
+    assert [r.status_code for r in replies[:3]] == [401] * 3
+    assert all(r.status_code == 429 for r in replies[3:])
+    assert int(replies[-1].headers["retry-after"]) > 600
+    other = browser(server, "198.51.100.8")  # from anywhere: the account is locked
+    assert _login(other, "target@example.com", PASSWORD).status_code == 429
+
+
+def test_one_address_guessing_many_accounts_is_slowed(server: AuxenServer) -> None:
+    b = browser(server, "203.0.113.9")
+    statuses = [
+        _login(b, f"guess{i}@example.com", "wrong password!!").status_code for i in range(12)
+    ]
+    assert statuses[:10] == [401] * 10 and statuses[10] == 429, statuses
+    sign_up(browser(server), "elsewhere@example.com")
+    assert (
+        _login(browser(server, "203.0.113.10"), "elsewhere@example.com", PASSWORD).status_code
+        == 303
+    )

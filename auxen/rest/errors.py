@@ -16,6 +16,7 @@ from auxen.tools.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RateLimited,
     TooLarge,
     Unauthenticated,
     Unavailable,
@@ -30,6 +31,7 @@ _STATUS: dict[type[AuxenError], tuple[int, str]] = {
     NotFound: (404, "not_found_error"),
     Conflict: (409, "conflict_error"),
     TooLarge: (413, "invalid_request_error"),
+    RateLimited: (429, "rate_limit_error"),
     Unavailable: (502, "api_error"),
 }
 
@@ -47,6 +49,8 @@ async def auxen_error(request: Request, exc: Exception) -> Response:
     response = openai_error(status, exc.message, type_=type_, param=exc.param, code=exc.code)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="auxen"'
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
     return response
 
 

@@ -107,6 +107,18 @@ class WebSession(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=_ts(nullable=False, index=True))
 
 
+class AuthThrottle(SQLModel, table=True):
+    """Failed sign-in attempts per subject ("login:account:<email>", "login:ip:<addr>"),
+    in the database so every server process counts the same failures."""
+
+    __tablename__ = "auth_throttle"
+
+    key: str = Field(primary_key=True, max_length=400)
+    failures: int = 0
+    last_failure_at: datetime = Field(sa_column=_ts(nullable=False))
+    locked_until: datetime | None = Field(default=None, sa_column=_ts())
+
+
 class Membership(TenantScoped, SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("workspace_id", "user_id"),)
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from auxen.auth import throttle
 from auxen.auth.passwords import check_strength, hash_password, verify_password
 from auxen.runtime import Runtime
 from auxen.store.models import Membership, Role, User, Workspace
-from auxen.tools.errors import Conflict, InvalidArgument, Unauthenticated
+from auxen.tools.errors import Conflict, InvalidArgument, RateLimited, Unauthenticated
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
 
@@ -50,17 +51,30 @@ async def sign_up(rt: Runtime, *, email: str, password: str, workspace_name: str
     return SignedUp(user, workspace)
 
 
-async def sign_in(rt: Runtime, *, email: str, password: str) -> User:
-    """The user with this email and password; one message for every failure."""
+async def sign_in(rt: Runtime, *, email: str, password: str, address: str) -> User:
+    """The user with this email and password; one message for every failure. Repeated
+    failures for an account or from an address raise RateLimited (see auth.throttle)."""
     try:
         email = normalise_email(email)
     except InvalidArgument:
         email = ""
+    account_key = f"login:account:{email or '-'}"
+    subjects = {account_key: throttle.ACCOUNT, f"login:address:{address}": throttle.ADDRESS}
+    guard = throttle.Throttle(rt.db)
+    try:
+        await guard.check(subjects)
+    except RateLimited as limited:
+        # Hammering while told to wait counts as failing; the answer says the new wait.
+        await guard.failed(subjects)
+        await guard.check(subjects)
+        raise limited from None
     async with rt.db.system() as session:
         user = (await session.exec(select(User).where(col(User.email) == email))).first()
     stored = user.password_hash if user is not None else None
     if not await verify_password(stored, password[:1024]) or user is None:
+        await guard.failed(subjects)
         raise Unauthenticated("wrong email or password")
+    await guard.succeeded(account_key)
     return user
 
 

@@ -51,6 +51,16 @@ class TooLarge(AuxenError):
     code = "too_large"
 
 
+class RateLimited(AuxenError):
+    """Too many attempts: come back after `retry_after_s` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 def parse_model(model: type[M], data: dict[str, Any]) -> M:
     """Validate `data` into `model`; the first problem becomes an InvalidArgument that
     names the field."""

@@ -22,7 +22,7 @@ from auxen.auth import passwords, web_sessions
 from auxen.runtime import Runtime
 from auxen.store.models import User
 from auxen.tools import accounts
-from auxen.tools.errors import AuxenError
+from auxen.tools.errors import AuxenError, RateLimited
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -153,8 +153,18 @@ class Pages:
             return self._forbidden(request)
         email = form.get("email", "")
         next_url = _safe_next(form.get("next"))
+        address = request.client.host if request.client else "unknown"
         try:
-            user = await accounts.sign_in(self.rt, email=email, password=form.get("password", ""))
+            user = await accounts.sign_in(
+                self.rt, email=email, password=form.get("password", ""), address=address
+            )
+        except RateLimited as exc:
+            page = self.render(
+                request, "login.html", status=429, error=exc.message, email=email[:320],
+                next=next_url,
+            )  # fmt: skip
+            page.headers["Retry-After"] = str(exc.retry_after_s)
+            return page
         except AuxenError as exc:
             return self.render(
                 request, "login.html", status=401, error=exc.message, email=email[:320],

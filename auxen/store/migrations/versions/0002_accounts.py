@@ -1,4 +1,4 @@
-"""accounts: passwords and browser sessions
+"""accounts: passwords, browser sessions, sign-in throttling
 
 Revision ID: 0002
 Revises: 0001
@@ -31,9 +31,18 @@ def upgrade() -> None:
     with op.batch_alter_table("web_session", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_web_session_user_id"), ["user_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_web_session_expires_at"), ["expires_at"], unique=False)
+    op.create_table(
+        "auth_throttle",
+        sa.Column("key", sa.String(length=400), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("last_failure_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("key"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("auth_throttle")
     op.drop_table("web_session")
     with op.batch_alter_table("user", schema=None) as batch_op:
         batch_op.drop_column("password_hash")
