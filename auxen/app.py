@@ -13,6 +13,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from auxen import __version__
+from auxen.auth.oauth.provider import OAuthProvider
+from auxen.auth.oauth.routes import AuthorizationServer
 from auxen.config import Settings
 from auxen.inference.proxy import InferenceProxy
 from auxen.mcp_server.http import McpEndpoint
@@ -20,14 +22,18 @@ from auxen.rest.errors import auxen_error, http_error, unexpected_error
 from auxen.rest.handlers import RestApi
 from auxen.runtime import Runtime
 from auxen.tools.errors import AuxenError
+from auxen.web.consent import Consent
 from auxen.web.pages import STATIC_DIR, Pages
 
 
 def create_app(settings: Settings | None = None, *, background: bool = True) -> Starlette:
     rt = Runtime.build(settings or Settings())
     proxy = InferenceProxy(rt)
-    mcp = McpEndpoint(rt)
+    oauth = OAuthProvider(rt.db, rt.settings)
+    mcp = McpEndpoint(rt, oauth)
     pages = Pages(rt)
+    consent = Consent(pages, oauth)
+    authorization = AuthorizationServer(oauth, rt.settings.base_url)
     rest = RestApi(rt)
 
     async def health(request: Request) -> Response:
@@ -60,6 +66,10 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/login", pages.login, methods=["POST"]),
         Route("/logout", pages.logout, methods=["POST"]),
         Route("/account", pages.account, methods=["GET"]),
+        # OAuth 2.1 for remote agents: metadata, registration, authorize, consent, token.
+        *authorization.routes(),
+        Route("/oauth/consent", consent.show, methods=["GET"]),
+        Route("/oauth/consent", consent.decide, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 

@@ -262,7 +262,12 @@ def test_endpoint_requires_a_valid_key(world: World) -> None:
     headers = {"Accept": "application/json, text/event-stream"}
     missing = httpx2.post(url, json=body, headers=headers)
     assert missing.status_code == 401
-    assert missing.headers["www-authenticate"] == 'Bearer realm="auxen"'
+    challenge = missing.headers["www-authenticate"]
+    assert challenge.startswith("Bearer ") and "error=" not in challenge
+    assert f'resource_metadata="{world.server.url}/.well-known/oauth-protected-resource/mcp"' in (
+        challenge
+    )
+    assert 'scope="instances:read instances:write inference"' in challenge
     for bad in ("nope", world.key[:-1] + ("A" if world.key[-1] != "A" else "B")):
         wrong = httpx2.post(url, json=body, headers={**headers, "Authorization": f"Bearer {bad}"})
         assert wrong.status_code == 401, wrong.text

@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from auxen.auth.oauth import ACCESS_PREFIX, DEFAULT_SCOPES, resource_url
+from auxen.auth.oauth.provider import OAuthProvider
 from auxen.config import Settings
 from auxen.httputil import bearer
 from auxen.mcp_server.server import AuxenMCP, build_server
@@ -58,8 +60,11 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
 class McpEndpoint:
     """The ASGI app mounted at /mcp."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, oauth: OAuthProvider) -> None:
         self.rt = rt
+        self.oauth = oauth
+        self.resource = resource_url(rt.settings.base_url)
+        self.resource_metadata = f"{rt.settings.base_url}/.well-known/oauth-protected-resource/mcp"
         security = transport_security(rt.settings)
         self.origin_check = TransportSecurityMiddleware(security)
         self.server: AuxenMCP = build_server(rt, self.caller_of)
@@ -70,6 +75,7 @@ class McpEndpoint:
             max_sessions=MAX_SESSIONS,
         )
         self.sessions = self.server.session_manager
+        self.tool_scopes = self.server.tool_scopes
         # session id -> (key id, last request): our count of each key's open sessions.
         self._owners: dict[str, tuple[str, float]] = {}
 
@@ -81,7 +87,23 @@ class McpEndpoint:
             request.scope.get(CALLER_KEY), Caller
         ):
             raise Unauthenticated("this request carries no authenticated caller")
-        return await self.rt.auth.authenticate(bearer(request))
+        return await self.authenticate(bearer(request))
+
+    async def authenticate(self, token: str | None) -> Caller:
+        """An OAuth access token issued for this resource, or an API key."""
+        if token is None or not token.startswith(ACCESS_PREFIX):
+            return await self.rt.auth.authenticate(token)
+        grant = await self.oauth.load_access_token(token)
+        if grant is None:
+            raise Unauthenticated("the access token is invalid, expired or revoked")
+        if (grant.resource or "").rstrip("/") != self.resource:
+            raise Unauthenticated(f"the access token was not issued for {self.resource}")
+        return Caller(
+            workspace_id=grant.workspace_id,
+            livemode=True,
+            key_id=f"oauth:{grant.family_id}",
+            scopes=frozenset(grant.scopes),
+        )
 
     def _open_sessions(self, key_id: str, now: float) -> int:
         for sid, (_, seen) in list(self._owners.items()):
@@ -103,10 +125,20 @@ class McpEndpoint:
             return
         token = bearer(request)
         try:
-            caller = await self.rt.auth.authenticate(token)
+            caller = await self.authenticate(token)
         except Unauthenticated as exc:
-            await _unauthorized(exc.message, token_sent=token is not None)(scope, receive, send)
+            challenge = self._challenge(error="invalid_token" if token else None)
+            await _unauthorized(exc.message, challenge, token_sent=token is not None)(
+                scope, receive, send
+            )
             return
+        if caller.scopes is not None and request.method == "POST":
+            receive, needed = await self._tool_scope(request, receive)
+            if needed is not None and needed not in caller.scopes:
+                await _insufficient_scope(needed, self._challenge("insufficient_scope", needed))(
+                    scope, receive, send
+                )
+                return
         scope[CALLER_KEY] = caller
         key_id = caller.key_id or ""
         now = time.monotonic()
@@ -130,6 +162,45 @@ class McpEndpoint:
             )
         )
         await self.sessions.handle_request(scope, receive, send)
+
+    def _challenge(self, error: str | None = None, scope: str | None = None) -> str:
+        """RFC 6750 / RFC 9728 challenge: where the metadata is, which scopes to ask for."""
+        parts = [f'resource_metadata="{self.resource_metadata}"']
+        parts.append(f'scope="{scope or " ".join(DEFAULT_SCOPES)}"')
+        if error:
+            parts.append(f'error="{error}"')
+        return "Bearer " + ", ".join(parts)
+
+    async def _tool_scope(self, request: Request, receive: Receive) -> tuple[Receive, str | None]:
+        """The scope a `tools/call` POST needs, read before the SDK sees the request; the
+        body is handed on unchanged."""
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > self.rt.settings.max_body_bytes + 65_536 or not message.get("more_body"):
+                break
+        needed: str | None = None
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        calls = payload if isinstance(payload, list) else [payload]
+        for call in calls:
+            if isinstance(call, dict) and call.get("method") == "tools/call":
+                params = call.get("params")
+                name = params.get("name") if isinstance(params, dict) else None
+                needed = self.tool_scopes.get(str(name)) or needed
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return replay, needed
 
     def _recording_new_session(self, send: Send, key_id: str) -> Send:
         async def recording(message: Message) -> None:
@@ -167,9 +238,24 @@ def _too_many_sessions() -> Response:
     )
 
 
-def _unauthorized(message: str, *, token_sent: bool) -> Response:
+def _insufficient_scope(needed: str, challenge: str) -> Response:
+    return Response(
+        json.dumps(
+            {
+                "error": "insufficient_scope",
+                "error_description": f"this tool needs the {needed!r} scope; "
+                "authorize again asking for it",
+                "scope": needed,
+            }
+        ),
+        status_code=403,
+        media_type="application/json",
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+def _unauthorized(message: str, challenge: str, *, token_sent: bool) -> Response:
     # RFC 6750 section 3.1: no error code when the request carried no credentials.
-    challenge = 'Bearer realm="auxen"' + (', error="invalid_token"' if token_sent else "")
     body = {
         "error": "invalid_token" if token_sent else "unauthorized",
         "error_description": message,

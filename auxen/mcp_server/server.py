@@ -40,6 +40,14 @@ progress until ready) -> query_instance -> get_usage -> destroy_instance.
 Instances cost money per hour until destroyed or their TTL ends; destroy them when done.
 Every error names the argument at fault and what to do next."""
 
+SCOPE_META = "auxen/scope"
+
+
+def scope(name: str) -> dict[str, str]:
+    """A tool's `meta`: the OAuth scope a token needs to call it."""
+    return {SCOPE_META: name}
+
+
 READ_ONLY = ToolAnnotations(
     read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
 )
@@ -86,6 +94,8 @@ class AuxenMCP(MCPServer[Any]):
             # Typos must not silently fall back to defaults (`ttl` for `ttl_hours`).
             tool.parameters["additionalProperties"] = False
         self._params = {t.name: set(t.parameters.get("properties", {})) for t in tools}
+        # The OAuth scope each tool needs (`meta["auxen/scope"]`), checked before it runs.
+        self.tool_scopes: dict[str, str] = {t.name: (t.meta or {})[SCOPE_META] for t in tools}
         # The SDK logs tool errors (which quote arguments) at INFO: keep its loggers to
         # warnings, whatever the host application configured.
         logging.getLogger("mcp").setLevel(logging.WARNING)

@@ -195,3 +195,56 @@ class UsageRecord(TenantScoped, SQLModel, table=True):
     latency_ms: float
     ttft_ms: float | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
+
+
+class OAuthClient(SQLModel, table=True):
+    """A client registered through Dynamic Client Registration. Its secret, when it has
+    one, is stored only as SHA-256."""
+
+    __tablename__ = "oauth_client"
+
+    id: str = Field(primary_key=True, max_length=64)
+    secret_hash: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary(32)))
+    info_json: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    last_used_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class OAuthCode(SQLModel, table=True):
+    """An authorization code (stored as SHA-256): single use, short-lived, bound to its
+    client, redirect URI, PKCE challenge and resource."""
+
+    __tablename__ = "oauth_code"
+
+    code_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), primary_key=True))
+    family_id: str = Field(max_length=32, index=True)
+    client_id: str = Field(max_length=64, index=True)
+    user_id: str = Field(foreign_key="user.id", max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", max_length=32)
+    scopes: str = Field(max_length=500)
+    redirect_uri: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    redirect_uri_explicit: bool
+    code_challenge: str = Field(max_length=200)
+    resource: str | None = Field(default=None, max_length=500)
+    expires_at: datetime = Field(sa_column=_ts(nullable=False))
+    used_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class OAuthToken(TenantScoped, SQLModel, table=True):
+    """An access or refresh token (stored as SHA-256). Tokens issued from one code share a
+    family: reusing a spent code or refresh token revokes the whole family."""
+
+    __tablename__ = "oauth_token"
+
+    token_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), primary_key=True))
+    kind: str = Field(max_length=16)  # access | refresh
+    family_id: str = Field(max_length=32, index=True)
+    client_id: str = Field(max_length=64, index=True)
+    user_id: str = Field(foreign_key="user.id", index=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    scopes: str = Field(max_length=500)
+    resource: str = Field(max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    expires_at: datetime = Field(sa_column=_ts(nullable=False))
+    used_at: datetime | None = Field(default=None, sa_column=_ts())  # refresh: rotated
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts())

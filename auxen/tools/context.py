@@ -15,6 +15,7 @@ class Caller:
     key_id: str | None = None
     key_kind: KeyKind = KeyKind.ACCOUNT
     instance_id: str | None = None  # set for instance keys: the one instance they reach
+    scopes: frozenset[str] | None = None  # OAuth grants; None: an API key, every scope
 
     def require_account(self) -> None:
         if self.key_kind is not KeyKind.ACCOUNT:

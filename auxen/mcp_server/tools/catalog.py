@@ -6,7 +6,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 
 from auxen.mcp_server.args import GpuType, Model, Tier, provision_request, ttl_hours
-from auxen.mcp_server.server import READ_ONLY, ToolEnv
+from auxen.mcp_server.server import READ_ONLY, ToolEnv, scope
 from auxen.tools import catalog
 from auxen.tools.instances import ProvisionRequest
 
@@ -31,6 +31,7 @@ def tools(env: ToolEnv) -> list[Tool]:
     return [
         Tool.from_function(
             list_models,
+            meta=scope("instances:read"),
             title="List models and GPU types",
             description="What can be provisioned on this server: models, GPU types with "
             "$/hour and rough time to ready, and tiers. Call this before quote_instance or "
@@ -39,6 +40,7 @@ def tools(env: ToolEnv) -> list[Tool]:
         ),
         Tool.from_function(
             quote_instance,
+            meta=scope("instances:read"),
             title="Quote an instance",
             description="The price of an instance before committing: $/hour, the most it "
             "can cost over its TTL, and rough time to ready. Checks the arguments exactly as "

@@ -11,7 +11,7 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from auxen.mcp_server.args import GpuType, InstanceId, Model, Tier, provision_request, ttl_hours
-from auxen.mcp_server.server import READ_ONLY, ToolEnv
+from auxen.mcp_server.server import READ_ONLY, ToolEnv, scope
 from auxen.store.models import Instance, InstanceState
 from auxen.tools import instances
 from auxen.tools.instances import ProvisionRequest
@@ -115,6 +115,7 @@ def tools(env: ToolEnv) -> list[Tool]:
     return [
         Tool.from_function(
             provision_instance,
+            meta=scope("instances:write"),
             title="Provision an instance",
             description="Start a dedicated instance serving `model` (one vLLM server, "
             "single-tenant). Billed per hour from now until destroy_instance or the TTL. "
@@ -130,18 +131,21 @@ def tools(env: ToolEnv) -> list[Tool]:
         ),
         Tool.from_function(
             get_instance,
+            meta=scope("instances:read"),
             title="Get an instance",
             description="One instance's state, endpoint, price, expiry and last error.",
             annotations=READ_ONLY,
         ),
         Tool.from_function(
             list_instances,
+            meta=scope("instances:read"),
             title="List instances",
             description="This workspace's instances, newest first, optionally by state.",
             annotations=READ_ONLY,
         ),
         Tool.from_function(
             destroy_instance,
+            meta=scope("instances:write"),
             title="Destroy an instance",
             description="Stop the instance, stop its billing, and delete everything it "
             "held (weights cache, logs, keys). Cannot be undone. Destroying an instance "

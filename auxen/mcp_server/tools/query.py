@@ -8,7 +8,7 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from auxen.mcp_server.args import InstanceId
-from auxen.mcp_server.server import ToolEnv
+from auxen.mcp_server.server import ToolEnv, scope
 from auxen.tools import query
 from auxen.tools.query import MAX_TOKENS, ChatMessage, QueryRequest, QueryResult
 
@@ -77,6 +77,7 @@ def tools(env: ToolEnv) -> list[Tool]:
     return [
         Tool.from_function(
             query_instance,
+            meta=scope("inference"),
             title="Query an instance",
             description="Send chat messages (or a plain prompt) to a ready instance's "
             "model and get its answer with token usage. The instance must be in state "

@@ -7,7 +7,7 @@ from mcp.server.mcpserver.tools import Tool
 from pydantic import Field
 
 from auxen.mcp_server.args import InstanceId
-from auxen.mcp_server.server import READ_ONLY, ToolEnv
+from auxen.mcp_server.server import READ_ONLY, ToolEnv, scope
 from auxen.tools import usage
 from auxen.tools.views import UsageSummary
 
@@ -36,6 +36,7 @@ def tools(env: ToolEnv) -> list[Tool]:
     return [
         Tool.from_function(
             get_usage,
+            meta=scope("instances:read"),
             title="Get usage and cost",
             description="Requests, tokens, GPU seconds and cost so far, in total and per "
             "instance; optionally for one instance or since a time.",

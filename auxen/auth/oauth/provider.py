@@ -1,0 +1,370 @@
+"""The MCP SDK's authorization-server provider protocol over our own tables.
+
+Codes, access tokens and refresh tokens are random, handed out once, and stored only as
+SHA-256. A code is spent atomically; spending it twice revokes every token issued from
+it. Refresh tokens rotate on every use; presenting a rotated one revokes the family.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+from mcp.server.auth.provider import (
+    AccessToken,
+    AuthorizationCode,
+    AuthorizationParams,
+    IdentityAssertionParams,
+    RefreshToken,
+    RegistrationError,
+    TokenError,
+)
+from mcp.shared.auth import OAuthClientInformationFull
+from mcp.shared.auth import OAuthToken as TokenResponse
+from nacl.exceptions import CryptoError
+from nacl.secret import SecretBox
+from pydantic import AnyUrl
+from sqlmodel import col
+
+from auxen.auth.oauth import ACCESS_PREFIX, DEFAULT_SCOPES, REFRESH_PREFIX, resource_url
+from auxen.config import Settings
+from auxen.store.db import Database
+from auxen.store.ids import new_id
+from auxen.store.models import OAuthClient, OAuthCode, OAuthToken, as_utc
+
+CODE_TTL = timedelta(minutes=10)
+ACCESS_TTL = timedelta(hours=1)
+REFRESH_TTL = timedelta(days=30)
+REQUEST_TTL_S = 600  # a pending authorization request (sign-in + consent) lasts this long
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class AuxenCode(AuthorizationCode):
+    family_id: str
+    user_id: str
+    workspace_id: str
+
+
+class AuxenRefreshToken(RefreshToken):
+    family_id: str
+    user_id: str
+    workspace_id: str
+
+
+class AuxenAccessToken(AccessToken):
+    family_id: str
+    user_id: str
+    workspace_id: str
+
+
+def check_redirect_uri(uri: str) -> None:
+    """https anywhere, or http on a loopback address with any port (RFC 8252 section 7.3)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.fragment:
+        raise RegistrationError("invalid_redirect_uri", f"{uri} has a fragment")
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
+        return
+    raise RegistrationError(
+        "invalid_redirect_uri",
+        f"{uri} is not allowed: redirect URIs must be https, or http on 127.0.0.1, "
+        "localhost or [::1]",
+    )
+
+
+class OAuthProvider:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self.resource = resource_url(settings.base_url)
+        request_key = hashlib.blake2b(
+            b"auxen oauth authorization requests", key=settings.master_key_bytes, digest_size=32
+        ).digest()
+        self._requests = SecretBox(request_key)
+
+    # -- clients ---------------------------------------------------------------------
+
+    async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        if len(client_id) > 64:
+            return None
+        async with self.db.system() as session:
+            row = await session.get(OAuthClient, client_id)
+        if row is None:
+            return None
+        return OAuthClientInformationFull.model_validate_json(row.info_json)
+
+    async def secret_matches(self, client_id: str, secret: str) -> bool:
+        async with self.db.system() as session:
+            row = await session.get(OAuthClient, client_id)
+        stored = row.secret_hash if row is not None else None
+        return stored is not None and secrets.compare_digest(stored, digest(secret))
+
+    async def register_client(self, client_info: OAuthClientInformationFull) -> None:
+        for uri in client_info.redirect_uris or []:
+            check_redirect_uri(str(uri))
+        secret = client_info.client_secret
+        public = client_info.model_copy(update={"client_secret": None})
+        assert client_info.client_id is not None
+        async with self.db.system() as session:
+            session.add(
+                OAuthClient(
+                    id=client_info.client_id,
+                    secret_hash=digest(secret) if secret else None,
+                    info_json=public.model_dump_json(exclude_none=True),
+                )
+            )
+            await session.commit()
+
+    # -- authorization requests (between /authorize and the consent page) ------------
+
+    async def authorize(
+        self, client: OAuthClientInformationFull, params: AuthorizationParams
+    ) -> str:
+        """Where the user goes to sign in and consent: the request travels sealed."""
+        scopes = params.scopes or list(DEFAULT_SCOPES)
+        pending = {
+            "client_id": client.client_id,
+            "state": params.state,
+            "scopes": scopes,
+            "code_challenge": params.code_challenge,
+            "redirect_uri": str(params.redirect_uri),
+            "redirect_uri_explicit": params.redirect_uri_provided_explicitly,
+            "resource": params.resource,
+            "expires": int(time.time()) + REQUEST_TTL_S,
+        }
+        sealed = self._requests.encrypt(json.dumps(pending).encode())
+        token = base64.urlsafe_b64encode(bytes(sealed)).decode().rstrip("=")
+        return f"{self.settings.base_url}/oauth/consent?{urlencode({'request': token})}"
+
+    def open_request(self, token: str) -> dict[str, object] | None:
+        """The pending request behind a consent page, or None if forged or expired."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            pending: dict[str, object] = json.loads(self._requests.decrypt(raw))
+        except (ValueError, CryptoError, TypeError):
+            return None
+        expires = pending.get("expires")
+        if not isinstance(expires, int) or expires < time.time():
+            return None
+        return pending
+
+    async def issue_code(self, pending: dict[str, object], user_id: str, workspace_id: str) -> str:
+        code = secrets.token_urlsafe(32)
+        scopes = pending["scopes"]
+        assert isinstance(scopes, list)
+        async with self.db.system() as session:
+            session.add(
+                OAuthCode(
+                    code_hash=digest(code),
+                    family_id=new_id("fam")[:32],
+                    client_id=str(pending["client_id"]),
+                    user_id=user_id,
+                    workspace_id=workspace_id,
+                    scopes=" ".join(str(s) for s in scopes),
+                    redirect_uri=str(pending["redirect_uri"]),
+                    redirect_uri_explicit=bool(pending["redirect_uri_explicit"]),
+                    code_challenge=str(pending["code_challenge"]),
+                    resource=str(pending["resource"]) if pending.get("resource") else None,
+                    expires_at=datetime.now(UTC) + CODE_TTL,
+                )
+            )
+            await session.commit()
+        return code
+
+    # -- codes -----------------------------------------------------------------------
+
+    async def code_row(self, code: str) -> OAuthCode | None:
+        async with self.db.system() as session:
+            return await session.get(OAuthCode, digest(code[:200]))
+
+    async def load_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: str
+    ) -> AuxenCode | None:
+        row = await self.code_row(authorization_code)
+        if row is None or row.client_id != client.client_id:
+            return None
+        if row.used_at is not None:
+            await self.revoke_family(row.family_id)  # a replayed code: assume it leaked
+            return None
+        return AuxenCode(
+            code=authorization_code,
+            scopes=row.scopes.split(),
+            expires_at=as_utc(row.expires_at).timestamp(),
+            client_id=row.client_id,
+            code_challenge=row.code_challenge,
+            redirect_uri=AnyUrl(row.redirect_uri),
+            redirect_uri_provided_explicitly=row.redirect_uri_explicit,
+            resource=row.resource,
+            subject=row.user_id,
+            family_id=row.family_id,
+            user_id=row.user_id,
+            workspace_id=row.workspace_id,
+        )
+
+    async def exchange_authorization_code(
+        self, client: OAuthClientInformationFull, authorization_code: AuxenCode
+    ) -> TokenResponse:
+        async with self.db.engine.begin() as conn:
+            spent = await conn.execute(
+                sa.update(OAuthCode)
+                .where(col(OAuthCode.code_hash) == digest(authorization_code.code))
+                .where(col(OAuthCode.used_at).is_(None))
+                .values(used_at=datetime.now(UTC))
+            )
+        if spent.rowcount != 1:  # lost a race with another exchange of the same code
+            await self.revoke_family(authorization_code.family_id)
+            raise TokenError("invalid_grant", "authorization code already used")
+        return await self._issue(
+            client_id=authorization_code.client_id,
+            family_id=authorization_code.family_id,
+            user_id=authorization_code.user_id,
+            workspace_id=authorization_code.workspace_id,
+            scopes=authorization_code.scopes,
+        )
+
+    # -- tokens ----------------------------------------------------------------------
+
+    async def _issue(
+        self, *, client_id: str, family_id: str, user_id: str, workspace_id: str,
+        scopes: list[str],
+    ) -> TokenResponse:  # fmt: skip
+        access = ACCESS_PREFIX + secrets.token_urlsafe(32)
+        refresh = REFRESH_PREFIX + secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        common: dict[str, Any] = {
+            "family_id": family_id,
+            "client_id": client_id,
+            "user_id": user_id,
+            "workspace_id": workspace_id,
+            "scopes": " ".join(scopes),
+            "resource": self.resource,
+            "created_at": now,
+        }
+        async with self.db.system() as session:
+            session.add(
+                OAuthToken(
+                    token_hash=digest(access), kind="access", expires_at=now + ACCESS_TTL, **common
+                )
+            )
+            session.add(
+                OAuthToken(
+                    token_hash=digest(refresh),
+                    kind="refresh",
+                    expires_at=now + REFRESH_TTL,
+                    **common,
+                )
+            )
+            await session.commit()
+        return TokenResponse(
+            access_token=access,
+            token_type="Bearer",
+            expires_in=int(ACCESS_TTL.total_seconds()),
+            refresh_token=refresh,
+            scope=" ".join(scopes),
+        )
+
+    async def _token_row(self, token: str, kind: str) -> OAuthToken | None:
+        async with self.db.system() as session:
+            row = await session.get(OAuthToken, digest(token[:200]))
+        if row is None or row.kind != kind:
+            return None
+        return row
+
+    async def load_access_token(self, token: str) -> AuxenAccessToken | None:
+        if not token.startswith(ACCESS_PREFIX):
+            return None
+        row = await self._token_row(token, "access")
+        if row is None or row.revoked_at is not None:
+            return None
+        if as_utc(row.expires_at) <= datetime.now(UTC):
+            return None
+        return AuxenAccessToken(
+            token=f"family:{row.family_id}",  # never the token itself
+            client_id=row.client_id,
+            scopes=row.scopes.split(),
+            expires_at=int(as_utc(row.expires_at).timestamp()),
+            resource=row.resource,
+            subject=row.user_id,
+            family_id=row.family_id,
+            user_id=row.user_id,
+            workspace_id=row.workspace_id,
+        )
+
+    async def load_refresh_token(
+        self, client: OAuthClientInformationFull, refresh_token: str
+    ) -> AuxenRefreshToken | None:
+        if not refresh_token.startswith(REFRESH_PREFIX):
+            return None
+        row = await self._token_row(refresh_token, "refresh")
+        if row is None or row.client_id != client.client_id or row.revoked_at is not None:
+            return None
+        if row.used_at is not None:
+            await self.revoke_family(row.family_id)  # a rotated token came back: leaked
+            return None
+        return AuxenRefreshToken(
+            token=refresh_token,
+            client_id=row.client_id,
+            scopes=row.scopes.split(),
+            expires_at=int(as_utc(row.expires_at).timestamp()),
+            resource=row.resource,
+            subject=row.user_id,
+            family_id=row.family_id,
+            user_id=row.user_id,
+            workspace_id=row.workspace_id,
+        )
+
+    async def exchange_refresh_token(
+        self,
+        client: OAuthClientInformationFull,
+        refresh_token: AuxenRefreshToken,
+        scopes: list[str],
+    ) -> TokenResponse:
+        async with self.db.engine.begin() as conn:
+            spent = await conn.execute(
+                sa.update(OAuthToken)
+                .where(col(OAuthToken.token_hash) == digest(refresh_token.token))
+                .where(col(OAuthToken.used_at).is_(None))
+                .where(col(OAuthToken.revoked_at).is_(None))
+                .values(used_at=datetime.now(UTC))
+            )
+        if spent.rowcount != 1:
+            await self.revoke_family(refresh_token.family_id)
+            raise TokenError("invalid_grant", "refresh token already used")
+        return await self._issue(
+            client_id=refresh_token.client_id,
+            family_id=refresh_token.family_id,
+            user_id=refresh_token.user_id,
+            workspace_id=refresh_token.workspace_id,
+            scopes=scopes,
+        )
+
+    async def exchange_identity_assertion(
+        self, client: OAuthClientInformationFull, params: IdentityAssertionParams
+    ) -> TokenResponse:
+        raise TokenError("unsupported_grant_type", "identity assertions are not accepted")
+
+    async def revoke_token(self, token: AuxenAccessToken | AuxenRefreshToken) -> None:
+        await self.revoke_family(token.family_id)
+
+    async def revoke_family(self, family_id: str) -> None:
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                sa.update(OAuthToken)
+                .where(col(OAuthToken.family_id) == family_id)
+                .where(col(OAuthToken.revoked_at).is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )

@@ -1,0 +1,209 @@
+"""The authorization server's HTTP surface: metadata (RFC 8414, RFC 9728), registration
+(RFC 7591), authorize, token and revocation (RFC 7009).
+
+The MCP SDK's handlers do the protocol work over `OAuthProvider`; this module closes the
+gaps they leave: an issuer exactly equal to the public URL, `none` among the client
+authentication methods, `iss` on every authorization response, client secrets checked
+against a hash, and the token request's `resource` checked against the code's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from mcp.server.auth.handlers.authorize import AuthorizationHandler
+from mcp.server.auth.handlers.register import RegistrationHandler
+from mcp.server.auth.handlers.token import TokenHandler
+from mcp.server.auth.middleware.client_auth import AuthenticationError, ClientAuthenticator
+from mcp.server.auth.settings import ClientRegistrationOptions
+from mcp.shared.auth import OAuthClientInformationFull
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from auxen.auth.oauth import DEFAULT_SCOPES, SCOPES, resource_url
+from auxen.auth.oauth.provider import OAuthProvider
+
+JSON_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def metadata(base_url: str) -> dict[str, Any]:
+    """RFC 8414 Authorization Server Metadata; the issuer is the public URL, verbatim."""
+    return {
+        "issuer": base_url,
+        "authorization_endpoint": f"{base_url}/authorize",
+        "token_endpoint": f"{base_url}/token",
+        "registration_endpoint": f"{base_url}/register",
+        "revocation_endpoint": f"{base_url}/revoke",
+        "scopes_supported": list(SCOPES),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_methods_supported": [
+            "none",
+            "client_secret_post",
+            "client_secret_basic",
+        ],
+        "revocation_endpoint_auth_methods_supported": [
+            "none",
+            "client_secret_post",
+            "client_secret_basic",
+        ],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
+    }
+
+
+def protected_resource(base_url: str) -> dict[str, Any]:
+    """RFC 9728 Protected Resource Metadata for /mcp."""
+    return {
+        "resource": resource_url(base_url),
+        "authorization_servers": [base_url],
+        "scopes_supported": list(SCOPES),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Auxen MCP",
+    }
+
+
+class HashedSecretAuthenticator(ClientAuthenticator):
+    """The SDK's client authentication, but secrets are compared with their stored
+    SHA-256 (the SDK compares against a stored plaintext secret)."""
+
+    def __init__(self, provider: OAuthProvider) -> None:
+        super().__init__(provider)
+        self.auxen = provider
+
+    async def authenticate_request(self, request: Request) -> OAuthClientInformationFull:
+        form = await request.form()
+        client_id = form.get("client_id")
+        header = request.headers.get("Authorization", "")
+        secret: str | None = None
+        if header.startswith("Basic "):
+            try:
+                basic_id, secret = base64.b64decode(header[6:]).decode().split(":", 1)
+            except (ValueError, UnicodeDecodeError, binascii.Error):
+                raise AuthenticationError("Invalid Basic authentication header") from None
+            basic_id, secret = unquote(basic_id), unquote(secret)
+            if client_id and basic_id != client_id:
+                raise AuthenticationError("Client ID mismatch in Basic auth")
+            client_id = basic_id
+        elif isinstance(form.get("client_secret"), str):
+            secret = str(form.get("client_secret"))
+        if not isinstance(client_id, str) or not client_id:
+            raise AuthenticationError("Missing client_id")
+        client = await self.auxen.get_client(client_id)
+        if client is None:
+            raise AuthenticationError("Invalid client_id")
+        method = client.token_endpoint_auth_method or "client_secret_basic"
+        if method == "none":
+            return client
+        if method == "client_secret_basic" and not header.startswith("Basic "):
+            raise AuthenticationError("this client authenticates with HTTP Basic")
+        if not secret or not await self.auxen.secret_matches(client_id, secret):
+            raise AuthenticationError("Invalid client_secret")
+        return client
+
+
+class AuthorizationServer:
+    def __init__(self, provider: OAuthProvider, base_url: str) -> None:
+        self.provider = provider
+        self.base_url = base_url
+        authenticator = HashedSecretAuthenticator(provider)
+        self._authorize = AuthorizationHandler(provider)
+        self._token = TokenHandler(provider, authenticator)
+        self._register = RegistrationHandler(
+            provider,
+            options=ClientRegistrationOptions(
+                enabled=True, valid_scopes=list(SCOPES), default_scopes=list(DEFAULT_SCOPES)
+            ),
+        )
+        self._authenticator = authenticator
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/.well-known/oauth-authorization-server", self.server_metadata,
+                  methods=["GET"]),
+            Route("/.well-known/oauth-protected-resource/mcp", self.resource_metadata,
+                  methods=["GET"]),
+            Route("/.well-known/oauth-protected-resource", self.resource_metadata,
+                  methods=["GET"]),
+            Route("/authorize", self.authorize, methods=["GET", "POST"]),
+            Route("/token", self.token, methods=["POST"]),
+            Route("/register", self._register.handle, methods=["POST"]),
+            Route("/revoke", self.revoke, methods=["POST"]),
+        ]  # fmt: skip
+
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse(metadata(self.base_url))
+
+    async def resource_metadata(self, request: Request) -> Response:
+        return JSONResponse(protected_resource(self.base_url))
+
+    async def authorize(self, request: Request) -> Response:
+        """The SDK's authorize, with `iss` added to every redirect back to the client
+        (RFC 9207), errors included."""
+        response = await self._authorize.handle(request)
+        location = response.headers.get("location")
+        if location and not location.startswith(f"{self.base_url}/oauth/consent"):
+            response.headers["location"] = with_iss(location, self.base_url)
+        return response
+
+    async def token(self, request: Request) -> Response:
+        """The SDK's token endpoint, after checking `resource` against the grant's."""
+        form = await request.form()
+        requested = form.get("resource")
+        if isinstance(requested, str) and requested:
+            bound: str | None = None
+            if form.get("grant_type") == "authorization_code":
+                row = await self.provider.code_row(str(form.get("code") or ""))
+                bound = (row.resource or self.provider.resource) if row else None
+            elif form.get("grant_type") == "refresh_token":
+                bound = self.provider.resource
+            if bound is not None and requested.rstrip("/") != bound.rstrip("/"):
+                return JSONResponse(
+                    {
+                        "error": "invalid_target",
+                        "error_description": f"this grant is for {bound}, not {requested}",
+                    },
+                    status_code=400,
+                    headers=JSON_NO_STORE,
+                )
+        response: Response = await self._token.handle(request)
+        response.headers.update(JSON_NO_STORE)
+        return response
+
+    async def revoke(self, request: Request) -> Response:
+        """RFC 7009 for public clients too (the SDK's handler insists on a secret): the
+        client authenticates as registered, and its token's whole family is revoked.
+        Unknown tokens get 200 as well, so the answer tells nothing."""
+        try:
+            client = await self._authenticator.authenticate_request(request)
+        except AuthenticationError as exc:
+            return JSONResponse(
+                {"error": "invalid_client", "error_description": exc.message},
+                status_code=401,
+                headers=JSON_NO_STORE,
+            )
+        token = (await request.form()).get("token")
+        if not isinstance(token, str) or not token:
+            return JSONResponse(
+                {"error": "invalid_request", "error_description": "token is required"},
+                status_code=400,
+                headers=JSON_NO_STORE,
+            )
+        grant = await self.provider.load_access_token(token) or (
+            await self.provider.load_refresh_token(client, token)
+        )
+        if grant is not None and grant.client_id == client.client_id:
+            await self.provider.revoke_family(grant.family_id)
+        return Response(status_code=200, headers=JSON_NO_STORE)
+
+
+def with_iss(location: str, issuer: str) -> str:
+    parts = urlsplit(location)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "iss"]
+    query.append(("iss", issuer))
+    return urlunsplit(parts._replace(query=urlencode(query)))

@@ -1,0 +1,87 @@
+"""The consent page between /authorize and the client's redirect URI: the signed-in user
+sees which client asks, where it will be sent, for which workspace and which scopes, and
+allows or denies. Both answers go back to the client with `state` and `iss`."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode, urlsplit
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from auxen.auth.oauth import SCOPE_DESCRIPTIONS
+from auxen.auth.oauth.provider import OAuthProvider
+from auxen.auth.oauth.routes import with_iss
+from auxen.tools import accounts
+from auxen.web.pages import SECURITY_HEADERS, CsrfError, Pages
+
+
+class Consent:
+    def __init__(self, pages: Pages, provider: OAuthProvider) -> None:
+        self.pages = pages
+        self.provider = provider
+
+    def _expired(self, request: Request) -> Response:
+        return self.pages.render(
+            request,
+            "error.html",
+            status=400,
+            error="This sign-in request expired or is not valid. Start again from your app.",
+            back="/account",
+        )
+
+    async def show(self, request: Request) -> Response:
+        token = request.query_params.get("request", "")
+        pending = self.provider.open_request(token)
+        if pending is None:
+            return self._expired(request)
+        user = await self.pages.current_user(request)
+        if user is None:
+            here = f"/oauth/consent?{urlencode({'request': token})}"
+            return RedirectResponse(f"/login?next={quote(here, safe='')}", status_code=303)
+        client = await self.provider.get_client(str(pending["client_id"]))
+        if client is None:
+            return self._expired(request)
+        scopes = [str(s) for s in pending["scopes"]]  # type: ignore[attr-defined]
+        return self.pages.render(
+            request,
+            "consent.html",
+            user=user,
+            client_name=client.client_name or client.client_id,
+            redirect_host=urlsplit(str(pending["redirect_uri"])).netloc,
+            scopes=[(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in scopes],
+            workspaces=await accounts.workspaces_of(self.pages.rt, user),
+            request_token=token,
+        )
+
+    async def decide(self, request: Request) -> Response:
+        try:
+            form = await self.pages._check_csrf(request)
+        except CsrfError:
+            return self.pages._forbidden(request)
+        pending = self.provider.open_request(form.get("request", ""))
+        if pending is None:
+            return self._expired(request)
+        user = await self.pages.current_user(request)
+        if user is None:
+            return RedirectResponse("/login", status_code=303)
+        answer: dict[str, str] = {}
+        if form.get("decision") == "approve":
+            allowed = {w.id for w, _ in await accounts.workspaces_of(self.pages.rt, user)}
+            workspace_id = form.get("workspace_id", "")
+            if workspace_id not in allowed:
+                return self._expired(request)
+            answer["code"] = await self.provider.issue_code(pending, user.id, workspace_id)
+        else:
+            answer["error"] = "access_denied"
+            answer["error_description"] = "the user denied access"
+        if pending.get("state") is not None:
+            answer["state"] = str(pending["state"])
+        redirect_uri = str(pending["redirect_uri"])
+        joiner = "&" if urlsplit(redirect_uri).query else "?"
+        location = with_iss(
+            redirect_uri + joiner + urlencode(answer), self.provider.settings.base_url
+        )
+        response = RedirectResponse(location, status_code=303)
+        response.headers.update(SECURITY_HEADERS)
+        return response

@@ -1,0 +1,418 @@
+"""Remote agents with nothing but the server URL: the MCP SDK client's OAuthClientProvider
+discovers, registers, sends its user through the real sign-in and consent pages (driven
+by an HTTP client, as a browser would be) and calls tools with the token it gets. Then
+the rules around it: PKCE, codes, redirect URIs, resource binding, refresh rotation,
+revocation and scopes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import secrets
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import (
+    AuthorizationCodeResult,
+    OAuthClientInformationFull,
+    OAuthClientMetadata,
+    OAuthToken,
+)
+from pydantic import AnyUrl
+
+from tests.mcp_clients import error_text, structured
+from tests.servers import AuxenServer
+
+PASSWORD = "a passphrase for oauth tests"
+REDIRECT = "http://127.0.0.1:53682/callback"
+
+
+class Person:
+    """A browser with a signed-in Auxen account."""
+
+    def __init__(self, server: AuxenServer, email: str) -> None:
+        self.server = server
+        self.http = httpx2.Client(base_url=server.url, follow_redirects=False, timeout=30)
+        form = self.http.get("/signup")
+        done = self.http.post(
+            "/signup",
+            data={
+                "csrf_token": _csrf(form.text),
+                "email": email,
+                "password": PASSWORD,
+                "workspace": f"{email}'s workspace",
+            },
+        )
+        assert done.status_code == 303, done.text
+
+    def consent(self, authorization_url: str, decision: str = "approve") -> dict[str, str]:
+        """Follow /authorize to the consent page, answer it; the redirect's parameters."""
+        step = self.http.get(authorization_url)
+        assert step.status_code in (302, 303, 307), step.text
+        page = self.http.get(step.headers["location"])
+        assert page.status_code == 200, page.text
+        assert "Allow" in page.text and "127.0.0.1:53682" in page.text
+        request_token = re.search(r'name="request" value="([^"]+)"', page.text)
+        workspace = re.search(r'<option value="([^"]+)"', page.text)
+        assert request_token and workspace
+        answer = self.http.post(
+            "/oauth/consent",
+            data={
+                "csrf_token": _csrf(page.text),
+                "request": request_token.group(1),
+                "workspace_id": workspace.group(1),
+                "decision": decision,
+            },
+        )
+        assert answer.status_code == 303, answer.text
+        location = answer.headers["location"]
+        assert location.startswith(REDIRECT)
+        return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+class MemoryStorage:
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuxenServer]:
+    root = tmp_path_factory.mktemp("oauth")
+    srv = AuxenServer(root / "data", f"sqlite:///{root / 'auxen.db'}").start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        log = srv.log_path.read_text()
+        assert "Traceback" not in log, log[-3000:]
+
+
+def sdk_client(server: AuxenServer, person: Person, storage: MemoryStorage) -> Client:
+    answers: list[dict[str, str]] = []
+
+    async def redirect_handler(url: str) -> None:
+        answers.append(await asyncio.to_thread(person.consent, url))
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        answer = answers.pop()
+        return AuthorizationCodeResult(
+            code=answer["code"], state=answer.get("state"), iss=answer.get("iss")
+        )
+
+    auth = OAuthClientProvider(
+        server_url=f"{server.url}/mcp",
+        client_metadata=OAuthClientMetadata(
+            client_name="Test Agent",
+            redirect_uris=[AnyUrl(REDIRECT)],
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+        ),
+        storage=storage,
+        redirect_handler=redirect_handler,
+        callback_handler=callback_handler,
+    )
+    http = httpx2.AsyncClient(auth=auth, timeout=60)
+    return Client(streamable_http_client(f"{server.url}/mcp", http_client=http))
+
+
+async def test_an_agent_signs_in_with_nothing_but_the_url(server: AuxenServer) -> None:
+    person = await asyncio.to_thread(Person, server, "agent-owner@example.com")
+    storage = MemoryStorage()
+    async with sdk_client(server, person, storage) as client:
+        listed = structured(await client.call_tool("list_instances", {}))
+        assert listed == {"instances": []}
+        usage = structured(await client.call_tool("get_usage", {}))
+        assert usage["requests"] == 0
+    assert storage.tokens is not None and storage.tokens.access_token.startswith("auxo_")
+    assert storage.client is not None and storage.client.client_id
+    # A second connection reuses the stored token: no new sign-in.
+    async with sdk_client(server, person, storage) as client:
+        assert not (await client.call_tool("list_models", {})).is_error
+
+
+def test_metadata_is_exact(server: AuxenServer) -> None:
+    meta = httpx2.get(f"{server.url}/.well-known/oauth-authorization-server").json()
+    assert meta["issuer"] == server.url  # no trailing slash
+    assert meta["code_challenge_methods_supported"] == ["S256"]
+    assert "none" in meta["token_endpoint_auth_methods_supported"]
+    assert meta["authorization_response_iss_parameter_supported"] is True
+    for path in (
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ):
+        prm = httpx2.get(f"{server.url}{path}").json()
+        assert prm["resource"] == f"{server.url}/mcp"
+        assert prm["authorization_servers"] == [server.url]
+        assert "offline_access" not in prm["scopes_supported"]
+
+
+# -- the rules, one by one, with a hand-driven client ------------------------------------
+
+
+class Flow:
+    def __init__(self, server: AuxenServer, person: Person, scope: str | None = None) -> None:
+        self.server = server
+        self.person = person
+        reply = httpx2.post(
+            f"{server.url}/register",
+            json={
+                "client_name": "Hand Client",
+                "redirect_uris": [REDIRECT],
+                "token_endpoint_auth_method": "none",
+                "grant_types": ["authorization_code", "refresh_token"],
+            },
+        )
+        assert reply.status_code == 201, reply.text
+        self.client_id = reply.json()["client_id"]
+        self.verifier = secrets.token_urlsafe(48)
+        self.challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(self.verifier.encode()).digest())
+            .decode()
+            .rstrip("=")
+        )
+        self.scope = scope
+
+    def authorize_url(self, **overrides: str) -> str:
+        params = {
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": REDIRECT,
+            "code_challenge": self.challenge,
+            "code_challenge_method": "S256",
+            "state": "st-123",
+            "resource": f"{self.server.url}/mcp",
+            **({"scope": self.scope} if self.scope else {}),
+            **overrides,
+        }
+        return str(httpx2.URL(f"{self.server.url}/authorize", params=params))
+
+    def code(self) -> str:
+        answer = self.person.consent(self.authorize_url())
+        assert answer["state"] == "st-123" and answer["iss"] == self.server.url
+        return answer["code"]
+
+    def token(self, **form: str) -> httpx2.Response:
+        return httpx2.post(f"{self.server.url}/token", data={"client_id": self.client_id, **form})
+
+    def exchange(self, code: str, **overrides: str) -> httpx2.Response:
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": self.verifier,
+            "resource": f"{self.server.url}/mcp",
+        }
+        return self.token(**{**form, **overrides})
+
+
+@pytest.fixture(scope="module")
+def person(server: AuxenServer) -> Person:
+    return Person(server, "rules@example.com")
+
+
+async def mcp_call(server: AuxenServer, token: str, tool: str, args: dict[str, Any]) -> Any:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+    async with http, Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as c:
+        return await c.call_tool(tool, args)
+
+
+def test_code_exchange_needs_the_right_verifier_and_works_once(
+    server: AuxenServer, person: Person
+) -> None:
+    flow = Flow(server, person)
+    code = flow.code()
+    wrong = flow.exchange(code, code_verifier=secrets.token_urlsafe(48))
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+    good = flow.exchange(code)
+    assert good.status_code == 200, good.text
+    assert good.headers["cache-control"] == "no-store"
+    tokens = good.json()
+    assert (
+        asyncio.run(mcp_call(server, tokens["access_token"], "list_instances", {})).is_error
+        is False
+    )
+    # Replaying the spent code fails and revokes what it issued.
+    replay = flow.exchange(code)
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    revoked = httpx2.post(
+        f"{server.url}/mcp",
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+        json={},
+    )
+    assert revoked.status_code == 401
+
+
+def test_authorize_refuses_plain_or_missing_pkce_and_foreign_redirects(
+    server: AuxenServer, person: Person
+) -> None:
+    flow = Flow(server, person)
+    plain = person.http.get(flow.authorize_url(code_challenge_method="plain"))
+    assert plain.status_code in (302, 303, 400)
+    if plain.status_code != 400:
+        query = parse_qs(urlsplit(plain.headers["location"]).query)
+        assert query["error"] == ["invalid_request"] and query["iss"] == [server.url]
+    elsewhere = person.http.get(flow.authorize_url(redirect_uri="https://evil.example/cb"))
+    assert elsewhere.status_code == 400  # never redirected to an unregistered URI
+
+
+def test_registration_refuses_non_https_redirects(server: AuxenServer) -> None:
+    for uri in ("http://evil.example/cb", "javascript:alert(1)", "https://ok.example/cb#frag"):
+        reply = httpx2.post(
+            f"{server.url}/register",
+            json={"redirect_uris": [uri], "token_endpoint_auth_method": "none"},
+        )
+        assert reply.status_code == 400, (uri, reply.text)
+        assert reply.json()["error"] in ("invalid_redirect_uri", "invalid_client_metadata")
+    for uri in ("http://localhost:1234/cb", "http://[::1]/cb", "https://app.example/cb"):
+        ok = httpx2.post(
+            f"{server.url}/register",
+            json={"redirect_uris": [uri], "token_endpoint_auth_method": "none"},
+        )
+        assert ok.status_code == 201, (uri, ok.text)
+
+
+def test_token_resource_must_match_the_code(server: AuxenServer, person: Person) -> None:
+    flow = Flow(server, person)
+    code = flow.code()
+    other = flow.exchange(code, resource="https://other.example/mcp")
+    assert other.status_code == 400 and other.json()["error"] == "invalid_target"
+    assert flow.exchange(code).status_code == 200  # the code was not spent by the refusal
+
+
+def test_refresh_tokens_rotate_and_a_reused_one_revokes_the_family(
+    server: AuxenServer, person: Person
+) -> None:
+    flow = Flow(server, person)
+    first = flow.exchange(flow.code()).json()
+    second = flow.token(grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert second.status_code == 200, second.text
+    rotated = second.json()
+    assert rotated["refresh_token"] != first["refresh_token"]
+    reuse = flow.token(grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
+    # The whole family is gone, including the tokens the rotation issued.
+    after = flow.token(grant_type="refresh_token", refresh_token=rotated["refresh_token"])
+    assert after.status_code == 400
+    with pytest.raises(Exception):  # noqa: B017 (401 from the transport)
+        asyncio.run(mcp_call(server, rotated["access_token"], "list_instances", {}))
+
+
+def test_revocation_ends_access(server: AuxenServer, person: Person) -> None:
+    flow = Flow(server, person)
+    tokens = flow.exchange(flow.code()).json()
+    done = httpx2.post(
+        f"{server.url}/revoke",
+        data={"client_id": flow.client_id, "token": tokens["refresh_token"]},
+    )
+    assert done.status_code == 200, done.text
+    with pytest.raises(Exception):  # noqa: B017
+        asyncio.run(mcp_call(server, tokens["access_token"], "list_instances", {}))
+
+
+def test_missing_scope_is_403_before_the_tool_runs(server: AuxenServer, person: Person) -> None:
+    flow = Flow(server, person, scope="instances:read")
+    tokens = flow.exchange(flow.code()).json()
+    assert tokens["scope"] == "instances:read"
+    assert not asyncio.run(mcp_call(server, tokens["access_token"], "list_models", {})).is_error
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "provision_instance",
+            "arguments": {"model": "org/name"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    refused = httpx2.post(
+        f"{server.url}/mcp",
+        json=body,
+        headers={
+            "Authorization": f"Bearer {tokens['access_token']}",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "provision_instance",
+        },
+    )
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "insufficient_scope"
+    challenge = refused.headers["www-authenticate"]
+    assert 'error="insufficient_scope"' in challenge and 'scope="instances:write"' in challenge
+
+
+def test_denied_consent_goes_back_with_the_error(server: AuxenServer, person: Person) -> None:
+    flow = Flow(server, person)
+    answer = person.consent(flow.authorize_url(), decision="deny")
+    assert answer["error"] == "access_denied" and answer["state"] == "st-123"
+    assert answer["iss"] == server.url and "code" not in answer
+
+
+def test_consent_needs_sign_in_and_a_csrf_token(server: AuxenServer, person: Person) -> None:
+    flow = Flow(server, person)
+    step = person.http.get(flow.authorize_url())
+    consent_url = step.headers["location"]
+    stranger = httpx2.Client(base_url=server.url, follow_redirects=False)
+    assert stranger.get(consent_url).headers["location"].startswith("/login?next=")
+    page = person.http.get(consent_url)
+    token = re.search(r'name="request" value="([^"]+)"', page.text)
+    assert token
+    forged = person.http.post(
+        "/oauth/consent", data={"request": token.group(1), "decision": "approve"}
+    )
+    assert forged.status_code == 403
+    tampered = person.http.get("/oauth/consent?request=" + token.group(1)[:-4] + "AAAA")
+    assert tampered.status_code == 400
+
+
+def test_wrong_audience_and_unknown_tokens_are_refused(server: AuxenServer) -> None:
+    for token in ("auxo_" + secrets.token_urlsafe(32), "auxr_notanaccesstoken"):
+        reply = httpx2.post(
+            f"{server.url}/mcp", headers={"Authorization": f"Bearer {token}"}, json={}
+        )
+        assert reply.status_code == 401
+        assert 'error="invalid_token"' in reply.headers["www-authenticate"]
+
+
+async def test_oauth_tools_see_only_the_consented_workspace(server: AuxenServer) -> None:
+    person = await asyncio.to_thread(Person, server, "isolated@example.com")
+    other = httpx2.post(f"{server.url}/mcp", json={}, headers={"Authorization": "Bearer nope"})
+    assert other.status_code == 401
+    flow = await asyncio.to_thread(Flow, server, person)
+    code = await asyncio.to_thread(flow.code)
+    tokens = (await asyncio.to_thread(flow.exchange, code)).json()
+    result = await mcp_call(
+        server, tokens["access_token"], "get_instance", {"instance_id": "inst_x"}
+    )
+    assert error_text(result).startswith("not_found")
