@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import re
 import secrets
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,7 +33,7 @@ from mcp.shared.auth import (
 from pydantic import AnyUrl
 
 from tests.mcp_clients import error_text, structured
-from tests.servers import AuxenServer
+from tests.servers import AuxenServer, free_port
 
 PASSWORD = "a passphrase for oauth tests"
 REDIRECT = "http://127.0.0.1:53682/callback"
@@ -416,3 +420,115 @@ async def test_oauth_tools_see_only_the_consented_workspace(server: AuxenServer)
         server, tokens["access_token"], "get_instance", {"instance_id": "inst_x"}
     )
     assert error_text(result).startswith("not_found")
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    [
+        "https://127.0.0.1/client.json",  # loopback
+        "https://10.0.0.7/client.json",  # private
+        "https://169.254.169.254/latest/meta-data",  # link-local (cloud metadata)
+        "https://[::1]/client.json",
+        "https://localhost/client.json",
+        "https://user:pw@example.com/client.json",  # credentials in the URL
+        "https://example.invalid/",  # no path
+    ],
+)
+def test_client_id_documents_are_never_fetched_from_inside(
+    server: AuxenServer, person: Person, client_id: str
+) -> None:
+    flow = Flow(server, person)
+    refused = person.http.get(flow.authorize_url(client_id=client_id))
+    assert refused.status_code == 400, refused.text
+    assert "consent" not in refused.headers.get("location", "")
+
+
+def test_client_id_document_rules() -> None:
+    from auxen.auth.oauth import cimd
+
+    url = "https://agent.example.com/oauth/client.json"
+    good = {"client_id": url, "client_name": "Agent", "redirect_uris": ["https://a.example/cb"]}
+    client = cimd.client_from_document(url, json.dumps(good).encode())
+    assert client.client_id == url and client.token_endpoint_auth_method == "none"
+    for bad in (
+        {**good, "client_id": "https://other.example/client.json"},
+        {**good, "redirect_uris": []},
+        {**good, "redirect_uris": ["http://evil.example/cb"]},
+        {**good, "token_endpoint_auth_method": "client_secret_basic"},
+    ):
+        with pytest.raises(cimd.DocumentError):
+            cimd.client_from_document(url, json.dumps(bad).encode())
+    with pytest.raises(cimd.DocumentError):
+        cimd.client_from_document(url, b"not json")
+    assert cimd.public_address("93.184.216.34")
+    for address in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1",
+                    "fe80::1", "::ffff:10.0.0.1", "224.0.0.1", "0.0.0.0"):  # fmt: skip
+        assert not cimd.public_address(address), address
+    for url_ in ("http://a.example/c", "https://a.example", "https://a.example/c#f"):
+        with pytest.raises(cimd.DocumentError):
+            cimd.check_url(url_)
+
+
+def test_conformance_suite_authorization_scenarios(
+    server: AuxenServer, person: Person, tmp_path: Path
+) -> None:
+    """The official suite's authorization-server scenarios (metadata, then a real
+    authorization-code grant whose sign-in and consent this test performs)."""
+    from tests.test_mcp_conformance import NODE, SUITE
+
+    port = free_port()
+    callback = f"http://127.0.0.1:{port}/callback"
+    client_id = httpx2.post(
+        f"{server.url}/register",
+        json={"redirect_uris": [callback], "token_endpoint_auth_method": "none"},
+    ).json()["client_id"]
+    suite = subprocess.Popen(
+        [
+            *(str(NODE), str(SUITE), "authorization", "--url", server.url),
+            *("--client-id", client_id, "--resource", f"{server.url}/mcp"),
+            *("-p", str(port), "-o", str(tmp_path)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert suite.stdout is not None
+    output = []
+    try:
+        for line in suite.stdout:
+            output.append(line)
+            if line.startswith(f"{server.url}/authorize?"):
+                step = person.http.get(line.strip())
+                page = person.http.get(step.headers["location"])
+                request_token = re.search(r'name="request" value="([^"]+)"', page.text)
+                workspace = re.search(r'<option value="([^"]+)"', page.text)
+                assert request_token and workspace, page.text
+                answer = person.http.post(
+                    "/oauth/consent",
+                    data={
+                        "csrf_token": _csrf(page.text),
+                        "request": request_token.group(1),
+                        "workspace_id": workspace.group(1),
+                        "decision": "approve",
+                    },
+                )
+                location = answer.headers["location"]
+                assert location.startswith(callback)
+                for _ in range(50):  # the suite's callback server may still be starting
+                    try:
+                        httpx2.get(location, timeout=5)
+                        break
+                    except httpx2.ConnectError:
+                        time.sleep(0.1)
+        assert suite.wait(timeout=120) == 0, "".join(output)
+    finally:
+        if suite.poll() is None:
+            suite.kill()
+    checks = [c for f in tmp_path.glob("*/checks.json") for c in json.loads(f.read_text())]
+    assert {c["id"] for c in checks} >= {
+        "authorization-server-metadata",
+        "authorization-code-grant",
+    }
+    assert all(c["status"] in ("SUCCESS", "INFO") for c in checks), [
+        (c["id"], c["status"], c.get("errorMessage")) for c in checks
+    ]

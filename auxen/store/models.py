@@ -218,7 +218,7 @@ class OAuthCode(SQLModel, table=True):
 
     code_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), primary_key=True))
     family_id: str = Field(max_length=32, index=True)
-    client_id: str = Field(max_length=64, index=True)
+    client_id: str = Field(max_length=2000, index=True)  # a DCR id, or a document URL
     user_id: str = Field(foreign_key="user.id", max_length=32)
     workspace_id: str = Field(foreign_key="workspace.id", max_length=32)
     scopes: str = Field(max_length=500)
@@ -239,7 +239,7 @@ class OAuthToken(TenantScoped, SQLModel, table=True):
     token_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), primary_key=True))
     kind: str = Field(max_length=16)  # access | refresh
     family_id: str = Field(max_length=32, index=True)
-    client_id: str = Field(max_length=64, index=True)
+    client_id: str = Field(max_length=2000, index=True)  # a DCR id, or a document URL
     user_id: str = Field(foreign_key="user.id", index=True, max_length=32)
     workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
     scopes: str = Field(max_length=500)

@@ -34,6 +34,7 @@ from pydantic import AnyUrl
 from sqlmodel import col
 
 from auxen.auth.oauth import ACCESS_PREFIX, DEFAULT_SCOPES, REFRESH_PREFIX, resource_url
+from auxen.auth.oauth.cimd import DocumentFetcher, is_document_url
 from auxen.config import Settings
 from auxen.store.db import Database
 from auxen.store.ids import new_id
@@ -95,10 +96,13 @@ class OAuthProvider:
             b"auxen oauth authorization requests", key=settings.master_key_bytes, digest_size=32
         ).digest()
         self._requests = SecretBox(request_key)
+        self.documents = DocumentFetcher()
 
     # -- clients ---------------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        if is_document_url(client_id):
+            return await self.documents.client(client_id)
         if len(client_id) > 64:
             return None
         async with self.db.system() as session:

@@ -54,6 +54,7 @@ def metadata(base_url: str) -> dict[str, Any]:
         ],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,
+        "client_id_metadata_document_supported": True,
     }
 
 
