@@ -8,6 +8,7 @@ server behind it authenticates and checks origins itself.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -89,7 +90,8 @@ def _checks(out: Path) -> dict[str, list[dict[str, object]]]:
     """scenario name -> its checks, from the suite's result files."""
     results: dict[str, list[dict[str, object]]] = {}
     for path in out.glob("server-*/checks.json"):
-        scenario = path.parent.name.removeprefix("server-").rsplit("-20", 1)[0]
+        # "server-<scenario>-<ISO timestamp>"; the timestamp may itself contain "-20".
+        scenario = re.sub(r"-\d{4}-\d{2}-\d{2}T.*$", "", path.parent.name.removeprefix("server-"))
         results[scenario] = json.loads(path.read_text())
     return results
 
