@@ -51,6 +51,10 @@ def scope(name: str) -> dict[str, str]:
 READ_ONLY = ToolAnnotations(
     read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
 )
+# Changes something (an instance, its usage) without destroying anything; not idempotent.
+ACTS = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
 
 
 @dataclass(frozen=True)

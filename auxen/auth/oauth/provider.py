@@ -298,14 +298,7 @@ class OAuthProvider:
             return None
         return AuxenAccessToken(
             token=f"family:{row.family_id}",  # never the token itself
-            client_id=row.client_id,
-            scopes=row.scopes.split(),
-            expires_at=int(as_utc(row.expires_at).timestamp()),
-            resource=row.resource,
-            subject=row.user_id,
-            family_id=row.family_id,
-            user_id=row.user_id,
-            workspace_id=row.workspace_id,
+            **_grant_fields(row),
         )
 
     async def load_refresh_token(
@@ -319,17 +312,7 @@ class OAuthProvider:
         if row.used_at is not None:
             await self.revoke_family(row.family_id)  # a rotated token came back: leaked
             return None
-        return AuxenRefreshToken(
-            token=refresh_token,
-            client_id=row.client_id,
-            scopes=row.scopes.split(),
-            expires_at=int(as_utc(row.expires_at).timestamp()),
-            resource=row.resource,
-            subject=row.user_id,
-            family_id=row.family_id,
-            user_id=row.user_id,
-            workspace_id=row.workspace_id,
-        )
+        return AuxenRefreshToken(token=refresh_token, **_grant_fields(row))
 
     async def exchange_refresh_token(
         self,
@@ -372,3 +355,17 @@ class OAuthProvider:
                 .where(col(OAuthToken.revoked_at).is_(None))
                 .values(revoked_at=datetime.now(UTC))
             )
+
+
+def _grant_fields(row: OAuthToken) -> dict[str, Any]:
+    """What an access or a refresh token tells about its grant."""
+    return {
+        "client_id": row.client_id,
+        "scopes": row.scopes.split(),
+        "expires_at": int(as_utc(row.expires_at).timestamp()),
+        "resource": row.resource,
+        "subject": row.user_id,
+        "family_id": row.family_id,
+        "user_id": row.user_id,
+        "workspace_id": row.workspace_id,
+    }

@@ -11,7 +11,7 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from auxen.mcp_server.args import GpuType, InstanceId, Model, Tier, provision_request, ttl_hours
-from auxen.mcp_server.server import READ_ONLY, ToolEnv, scope
+from auxen.mcp_server.server import ACTS, READ_ONLY, ToolEnv, scope
 from auxen.store.models import Instance, InstanceState
 from auxen.tools import instances
 from auxen.tools.instances import ProvisionRequest
@@ -122,12 +122,7 @@ def tools(env: ToolEnv) -> list[Tool]:
             "Returns the instance and its auxk_ key (once). Without wait it returns at "
             "once in state provisioning; poll get_instance or pass wait=true. Use "
             "quote_instance first to see the price.",
-            annotations=ToolAnnotations(
-                read_only_hint=False,
-                destructive_hint=False,
-                idempotent_hint=False,
-                open_world_hint=False,
-            ),
+            annotations=ACTS,
         ),
         Tool.from_function(
             get_instance,

@@ -4,11 +4,10 @@ from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from auxen.mcp_server.args import InstanceId
-from auxen.mcp_server.server import ToolEnv, scope
+from auxen.mcp_server.server import ACTS, ToolEnv, scope
 from auxen.tools import query
 from auxen.tools.query import MAX_TOKENS, ChatMessage, QueryRequest, QueryResult
 
@@ -82,11 +81,6 @@ def tools(env: ToolEnv) -> list[Tool]:
             description="Send chat messages (or a plain prompt) to a ready instance's "
             "model and get its answer with token usage. The instance must be in state "
             "ready (see get_instance). Prompts and answers are not stored.",
-            annotations=ToolAnnotations(
-                read_only_hint=False,
-                destructive_hint=False,
-                idempotent_hint=False,
-                open_world_hint=False,
-            ),
+            annotations=ACTS,
         )
     ]
