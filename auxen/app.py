@@ -22,6 +22,7 @@ from auxen.rest.errors import auxen_error, http_error, unexpected_error
 from auxen.rest.handlers import RestApi
 from auxen.runtime import Runtime
 from auxen.tools.errors import AuxenError
+from auxen.web.account import AccountPages
 from auxen.web.consent import Consent
 from auxen.web.pages import STATIC_DIR, Pages
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     mcp = McpEndpoint(rt, oauth)
     pages = Pages(rt)
     consent = Consent(pages, oauth)
+    account = AccountPages(pages, consent.consents)
     authorization = AuthorizationServer(oauth, rt.settings.base_url)
     rest = RestApi(rt)
 
@@ -64,8 +66,15 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/signup", pages.signup, methods=["POST"]),
         Route("/login", pages.login_form, methods=["GET"]),
         Route("/login", pages.login, methods=["POST"]),
+        Route("/login/mfa", pages.mfa_form, methods=["GET"]),
+        Route("/login/mfa", pages.mfa, methods=["POST"]),
         Route("/logout", pages.logout, methods=["POST"]),
-        Route("/account", pages.account, methods=["GET"]),
+        Route("/account", account.show, methods=["GET"]),
+        Route("/account/mfa/setup", account.mfa_setup, methods=["POST"]),
+        Route("/account/mfa/enable", account.mfa_enable, methods=["POST"]),
+        Route("/account/mfa/recovery-codes", account.recovery_codes, methods=["POST"]),
+        Route("/account/mfa/disable", account.mfa_disable, methods=["POST"]),
+        Route("/account/apps/revoke", account.revoke_app, methods=["POST"]),
         # OAuth 2.1 for remote agents: metadata, registration, authorize, consent, token.
         *authorization.routes(),
         Route("/oauth/consent", consent.show, methods=["GET"]),

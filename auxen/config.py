@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     allowed_hosts: str = ""
     allowed_origins: str = ""
 
+    # OAuth for remote agents. Registered clients expire when never used, or when idle
+    # this long; registrations are limited per client address.
+    oauth_access_token_ttl_s: int = Field(default=3600, ge=1, le=3600)
+    oauth_unused_client_ttl_s: int = Field(default=24 * 3600, ge=1)
+    oauth_idle_client_ttl_s: int = Field(default=90 * 24 * 3600, ge=1)
+    oauth_registrations_per_hour: int = Field(default=30, ge=1)
+
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     default_ttl_seconds: int = Field(default=24 * 3600, ge=60)

@@ -5,7 +5,6 @@ Runs on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Iterator
 
@@ -15,6 +14,7 @@ from sqlmodel import col, select
 
 from auxen.store.db import Database
 from auxen.store.models import Membership, User, WebSession
+from tests.browsers import csrf_of
 from tests.servers import AuxenServer
 
 PASSWORD = "correct horse battery staple"
@@ -42,12 +42,6 @@ def browser(server: AuxenServer, address: str = "192.0.2.1") -> httpx2.Client:
         timeout=30,
         headers={"X-Forwarded-For": address},
     )
-
-
-def csrf_of(page: httpx2.Response) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert match, page.text
-    return match.group(1)
 
 
 def sign_up(

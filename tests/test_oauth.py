@@ -32,6 +32,7 @@ from mcp.shared.auth import (
 )
 from pydantic import AnyUrl
 
+from tests.browsers import csrf_of
 from tests.mcp_clients import error_text, structured
 from tests.servers import AuxenServer, free_port
 
@@ -49,7 +50,7 @@ class Person:
         done = self.http.post(
             "/signup",
             data={
-                "csrf_token": _csrf(form.text),
+                "csrf_token": csrf_of(form.text),
                 "email": email,
                 "password": PASSWORD,
                 "workspace": f"{email}'s workspace",
@@ -70,7 +71,7 @@ class Person:
         answer = self.http.post(
             "/oauth/consent",
             data={
-                "csrf_token": _csrf(page.text),
+                "csrf_token": csrf_of(page.text),
                 "request": request_token.group(1),
                 "workspace_id": workspace.group(1),
                 "decision": decision,
@@ -80,12 +81,6 @@ class Person:
         location = answer.headers["location"]
         assert location.startswith(REDIRECT)
         return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert found, html
-    return found.group(1)
 
 
 class MemoryStorage:
@@ -506,7 +501,7 @@ def test_conformance_suite_authorization_scenarios(
                 answer = person.http.post(
                     "/oauth/consent",
                     data={
-                        "csrf_token": _csrf(page.text),
+                        "csrf_token": csrf_of(page.text),
                         "request": request_token.group(1),
                         "workspace_id": workspace.group(1),
                         "decision": "approve",

@@ -2,9 +2,16 @@
 
 Each workspace gets its own key, derived from the master key with keyed BLAKE2b over
 the workspace id, so one workspace's key can never open another workspace's secrets.
+A person's own secrets (their TOTP seed) are sealed the same way under a key derived
+from their user id: they belong to the person, whichever workspaces they are in.
 """
 
 from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
 
 from nacl.encoding import RawEncoder
 from nacl.exceptions import CryptoError
@@ -39,3 +46,40 @@ def unseal(master_key: bytes, workspace_id: str, sealed: bytes) -> str:
         return bytes(box.decrypt(sealed)).decode()
     except CryptoError as exc:
         raise UnsealError("sealed value cannot be opened with this workspace's key") from exc
+
+
+class SealedTokens:
+    """Short-lived, tamper-proof tokens that carry their own state (a pending
+    authorization request, a half-finished sign-in, a TOTP secret being enrolled), sealed
+    under a key derived from the master key for one purpose, so a token minted for one
+    purpose never opens as another."""
+
+    def __init__(self, master_key: bytes, purpose: str) -> None:
+        key = blake2b(
+            purpose.encode(),
+            digest_size=SecretBox.KEY_SIZE,
+            key=master_key,
+            person=b"auxen-tokens",
+            encoder=RawEncoder,
+        )
+        self._box = SecretBox(bytes(key))
+
+    def issue(self, payload: dict[str, Any], ttl_s: int) -> str:
+        body = json.dumps({**payload, "expires": int(time.time()) + ttl_s}).encode()
+        return base64.urlsafe_b64encode(bytes(self._box.encrypt(body))).decode().rstrip("=")
+
+    def open(self, token: str | None) -> dict[str, Any] | None:
+        """The payload, or None if the token is forged, tampered with or expired."""
+        if not token or len(token) > 8192:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            payload = json.loads(self._box.decrypt(raw))
+        except (ValueError, CryptoError, TypeError):
+            return None
+        if not isinstance(payload, dict):
+            return None
+        expires = payload.get("expires")
+        if not isinstance(expires, int) or expires < time.time():
+            return None
+        return payload

@@ -1,4 +1,5 @@
-"""Brute-force protection for sign-in: per account and per client address.
+"""Brute-force protection (sign-in, second factor, token endpoint) per account and per
+client address, and plain rate limits (client registration).
 
 After a few failures each further attempt must wait longer (1 s, 2 s, 4 s, ... up to a
 minute), and after many the subject is locked out for a while. The waits are enforced
@@ -33,6 +34,9 @@ class Policy:
 
 ACCOUNT = Policy(free_failures=3, lockout_after=10, lockout=timedelta(minutes=15),
                  window=timedelta(minutes=15))  # fmt: skip
+# A client (at the token endpoint): wrong verifiers, replayed codes and refresh tokens.
+CLIENT = Policy(free_failures=5, lockout_after=20, lockout=timedelta(minutes=15),
+                window=timedelta(minutes=15))  # fmt: skip
 ADDRESS = Policy(free_failures=10, lockout_after=50, lockout=timedelta(minutes=15),
                  window=timedelta(minutes=15))  # fmt: skip
 
@@ -73,6 +77,16 @@ class Throttle:
         if wait > 0:
             raise too_many_attempts(max(1, round(wait + 0.49)))
 
+    async def admit(self, subjects: dict[str, Policy]) -> None:
+        """Like check(), but an attempt made while told to wait counts as a failure, so
+        hammering locks the subject out sooner; the refusal says the new wait."""
+        try:
+            await self.check(subjects)
+        except RateLimited as limited:
+            await self.failed(subjects)
+            await self.check(subjects)
+            raise limited from None
+
     async def failed(self, subjects: dict[str, Policy]) -> None:
         now = datetime.now(UTC)
         async with self.db.engine.begin() as conn:
@@ -95,6 +109,35 @@ class Throttle:
                     .where(table.c.key == key, table.c.failures >= policy.lockout_after)
                     .values(locked_until=now + policy.lockout, failures=0)
                 )
+
+    async def spend(self, key: str, *, limit: int, window: timedelta) -> None:
+        """A plain rate limit: at most `limit` attempts per `window` for `key` (a fixed
+        window that starts with its first attempt); one atomic upsert per attempt."""
+        now = datetime.now(UTC)
+        table = AuthThrottle.__table__  # type: ignore[attr-defined]
+        async with self.db.engine.begin() as conn:
+            insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(
+                AuthThrottle
+            )
+            stale = table.c.last_failure_at < now - window
+            counted = await conn.execute(
+                insert.values(key=key, failures=1, last_failure_at=now)
+                .on_conflict_do_update(
+                    index_elements=["key"],
+                    set_={
+                        "failures": sa.case((stale, 1), else_=table.c.failures + 1),
+                        "last_failure_at": sa.case((stale, now), else_=table.c.last_failure_at),
+                    },
+                )
+                .returning(table.c.failures, table.c.last_failure_at)
+            )
+            attempts, started = counted.one()
+        if attempts > limit:
+            wait = (as_utc(started) + window - now).total_seconds()
+            raise RateLimited(
+                f"too many requests; try again in {max(1, round(wait + 0.49))} seconds",
+                retry_after_s=max(1, round(wait + 0.49)),
+            )
 
     async def succeeded(self, key: str) -> None:
         async with self.db.engine.begin() as conn:

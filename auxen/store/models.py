@@ -92,7 +92,27 @@ class User(SQLModel, table=True):
     email: str = Field(max_length=320, unique=True, index=True)
     # argon2id PHC string; None for users made by `auxen init`, who cannot sign in yet.
     password_hash: str | None = Field(default=None, max_length=255)
+    # TOTP second factor: the secret sealed under a key derived for this user; the last
+    # time step accepted, so a code is never accepted twice.
+    totp_secret_sealed: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
+    totp_enabled_at: datetime | None = Field(default=None, sa_column=_ts())
+    totp_last_step: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+    @property
+    def has_totp(self) -> bool:
+        return self.totp_secret_sealed is not None
+
+
+class RecoveryCode(SQLModel, table=True):
+    """A single-use second-factor recovery code (79 random bits), stored only as SHA-256."""
+
+    __tablename__ = "recovery_code"
+
+    code_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), primary_key=True))
+    user_id: str = Field(foreign_key="user.id", index=True, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    used_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class WebSession(SQLModel, table=True):
@@ -108,8 +128,9 @@ class WebSession(SQLModel, table=True):
 
 
 class AuthThrottle(SQLModel, table=True):
-    """Failed sign-in attempts per subject ("login:account:<email>", "login:ip:<addr>"),
-    in the database so every server process counts the same failures."""
+    """Failed attempts per subject ("login:account:<email>", "mfa:user:<id>",
+    "token:client:<id>", ...) or, for rate limits, attempts in the current window
+    ("register:address:<addr>"), in the database so every server process counts the same."""
 
     __tablename__ = "auth_throttle"
 
@@ -248,3 +269,21 @@ class OAuthToken(TenantScoped, SQLModel, table=True):
     expires_at: datetime = Field(sa_column=_ts(nullable=False))
     used_at: datetime | None = Field(default=None, sa_column=_ts())  # refresh: rotated
     revoked_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class OAuthConsent(TenantScoped, SQLModel, table=True):
+    """A user's remembered consent for one client: which workspace and scopes it may use.
+    A later request for no more than these scopes skips the consent page; revoking it
+    (account page) also revokes every token the client holds for the user."""
+
+    __tablename__ = "oauth_consent"
+    __table_args__ = (sa.UniqueConstraint("user_id", "client_id"),)
+
+    id: str = Field(default_factory=lambda: new_id("cns"), primary_key=True, max_length=32)
+    user_id: str = Field(foreign_key="user.id", index=True, max_length=32)
+    client_id: str = Field(max_length=2000)  # a DCR id, or a document URL
+    client_name: str = Field(default="", max_length=200)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    scopes: str = Field(max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

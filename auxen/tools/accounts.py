@@ -12,7 +12,7 @@ from auxen.auth import throttle
 from auxen.auth.passwords import check_strength, hash_password, verify_password
 from auxen.runtime import Runtime
 from auxen.store.models import Membership, Role, User, Workspace
-from auxen.tools.errors import Conflict, InvalidArgument, RateLimited, Unauthenticated
+from auxen.tools.errors import Conflict, InvalidArgument, Unauthenticated
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
 
@@ -61,13 +61,7 @@ async def sign_in(rt: Runtime, *, email: str, password: str, address: str) -> Us
     account_key = f"login:account:{email or '-'}"
     subjects = {account_key: throttle.ACCOUNT, f"login:address:{address}": throttle.ADDRESS}
     guard = throttle.Throttle(rt.db)
-    try:
-        await guard.check(subjects)
-    except RateLimited as limited:
-        # Hammering while told to wait counts as failing; the answer says the new wait.
-        await guard.failed(subjects)
-        await guard.check(subjects)
-        raise limited from None
+    await guard.admit(subjects)
     async with rt.db.system() as session:
         user = (await session.exec(select(User).where(col(User.email) == email))).first()
     stored = user.password_hash if user is not None else None

@@ -1,15 +1,18 @@
 """The consent page between /authorize and the client's redirect URI: the signed-in user
 sees which client asks, where it will be sent, for which workspace and which scopes, and
-allows or denies. Both answers go back to the client with `state` and `iss`."""
+allows or denies. Both answers go back to the client with `state` and `iss`. A client
+already allowed these scopes (see auth.oauth.consents) goes straight back with a code."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from auxen.auth.oauth import SCOPE_DESCRIPTIONS
+from auxen.auth.oauth.consents import Consents
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.auth.oauth.routes import with_iss
 from auxen.tools import accounts
@@ -20,6 +23,7 @@ class Consent:
     def __init__(self, pages: Pages, provider: OAuthProvider) -> None:
         self.pages = pages
         self.provider = provider
+        self.consents = Consents(provider)
 
     def _expired(self, request: Request) -> Response:
         return self.pages.render(
@@ -42,7 +46,11 @@ class Consent:
         client = await self.provider.get_client(str(pending["client_id"]))
         if client is None:
             return self._expired(request)
-        scopes = [str(s) for s in pending["scopes"]]  # type: ignore[attr-defined]
+        scopes = [str(s) for s in pending["scopes"]]
+        remembered = await self.consents.remembered(user.id, str(client.client_id), scopes)
+        if remembered is not None:
+            code = await self.provider.issue_code(pending, user.id, remembered.workspace_id)
+            return self._back_to_client(pending, {"code": code})
         return self.pages.render(
             request,
             "consent.html",
@@ -69,12 +77,24 @@ class Consent:
         if form.get("decision") == "approve":
             allowed = {w.id for w, _ in await accounts.workspaces_of(self.pages.rt, user)}
             workspace_id = form.get("workspace_id", "")
-            if workspace_id not in allowed:
+            client = await self.provider.get_client(str(pending["client_id"]))
+            if workspace_id not in allowed or client is None:
                 return self._expired(request)
+            await self.consents.remember(
+                user.id,
+                str(client.client_id),
+                client.client_name or "",
+                workspace_id,
+                [str(s) for s in pending["scopes"]],
+            )
             answer["code"] = await self.provider.issue_code(pending, user.id, workspace_id)
         else:
             answer["error"] = "access_denied"
             answer["error_description"] = "the user denied access"
+        return self._back_to_client(pending, answer)
+
+    def _back_to_client(self, pending: dict[str, Any], answer: dict[str, str]) -> Response:
+        """Redirect to the client's redirect URI with `answer`, `state` and `iss`."""
         if pending.get("state") is not None:
             answer["state"] = str(pending["state"])
         redirect_uri = str(pending["redirect_uri"])

@@ -1,4 +1,4 @@
-"""Sign up, sign in, sign out and the account page.
+"""Sign up, sign in (password, then the second factor when it is on), sign out.
 
 Every form carries a CSRF token that must equal the `auxen_csrf` cookie (double submit;
 the cookie is HttpOnly, SameSite=Strict and, over https, `__Host-` bound to this host),
@@ -12,7 +12,7 @@ import hmac
 import secrets
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -21,7 +21,7 @@ from starlette.templating import Jinja2Templates
 from auxen.auth import passwords, web_sessions
 from auxen.runtime import Runtime
 from auxen.store.models import User
-from auxen.tools import accounts
+from auxen.tools import accounts, mfa
 from auxen.tools.errors import AuxenError, RateLimited
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -45,6 +45,8 @@ class Pages:
         self.rt = rt
         self.session_cookie = web_sessions.cookie_name(rt.settings, "auxen_session")
         self.csrf_cookie = web_sessions.cookie_name(rt.settings, "auxen_csrf")
+        self.mfa_cookie = web_sessions.cookie_name(rt.settings, "auxen_mfa")
+        self.challenges = mfa.challenges(rt)
         self.secure = web_sessions.secure_cookies(rt.settings)
 
     # -- plumbing --------------------------------------------------------------------
@@ -85,6 +87,7 @@ class Pages:
 
     def _signed_in(self, token: str, next_url: str) -> Response:
         response = RedirectResponse(next_url, status_code=303)
+        response.delete_cookie(self.mfa_cookie, secure=self.secure, httponly=True)
         response.set_cookie(
             self.session_cookie,
             token,
@@ -153,7 +156,7 @@ class Pages:
             return self._forbidden(request)
         email = form.get("email", "")
         next_url = _safe_next(form.get("next"))
-        address = request.client.host if request.client else "unknown"
+        address = client_address(request)
         try:
             user = await accounts.sign_in(
                 self.rt, email=email, password=form.get("password", ""), address=address
@@ -170,6 +173,59 @@ class Pages:
                 request, "login.html", status=401, error=exc.message, email=email[:320],
                 next=next_url,
             )  # fmt: skip
+        if user.has_totp:
+            # The password was right; the session starts only after the second factor.
+            challenge = self.challenges.issue({"user_id": user.id}, mfa.CHALLENGE_TTL_S)
+            response = RedirectResponse(
+                f"/login/mfa?{urlencode({'next': next_url})}", status_code=303
+            )
+            response.set_cookie(
+                self.mfa_cookie,
+                challenge,
+                max_age=mfa.CHALLENGE_TTL_S,
+                httponly=True,
+                secure=self.secure,
+                samesite="lax",
+            )
+            response.headers.update(SECURITY_HEADERS)
+            return response
+        return self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
+
+    def _challenged_user(self, request: Request) -> str | None:
+        challenge = self.challenges.open(request.cookies.get(self.mfa_cookie))
+        return str(challenge["user_id"]) if challenge else None
+
+    async def mfa_form(self, request: Request) -> Response:
+        next_url = _safe_next(request.query_params.get("next"))
+        if self._challenged_user(request) is None:
+            return RedirectResponse(f"/login?{urlencode({'next': next_url})}", status_code=303)
+        return self.render(request, "login_mfa.html", next=next_url)
+
+    async def mfa(self, request: Request) -> Response:
+        try:
+            form = await self._check_csrf(request)
+        except CsrfError:
+            return self._forbidden(request)
+        next_url = _safe_next(form.get("next"))
+        user_id = self._challenged_user(request)
+        if user_id is None:
+            return self.render(
+                request, "login.html", status=401, email="", next=next_url,
+                error="Your sign-in took too long. Enter your password again.",
+            )  # fmt: skip
+        try:
+            user = await mfa.verify_second_factor(
+                self.rt, user_id, form.get("code", ""), address=client_address(request)
+            )
+        except RateLimited as exc:
+            page = self.render(request, "login_mfa.html", status=429, error=exc.message,
+                               next=next_url)  # fmt: skip
+            page.headers["Retry-After"] = str(exc.retry_after_s)
+            return page
+        except AuxenError as exc:
+            return self.render(
+                request, "login_mfa.html", status=401, error=exc.message, next=next_url
+            )
         return self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
 
     async def logout(self, request: Request) -> Response:
@@ -182,12 +238,9 @@ class Pages:
         response.delete_cookie(self.session_cookie, secure=self.secure, httponly=True)
         return response
 
-    async def account(self, request: Request) -> Response:
-        user = await self.current_user(request)
-        if user is None:
-            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
-        workspaces = await accounts.workspaces_of(self.rt, user)
-        return self.render(request, "account.html", user=user, workspaces=workspaces)
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _safe_next(value: str | None) -> str:

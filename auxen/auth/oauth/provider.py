@@ -7,11 +7,8 @@ it. Refresh tokens rotate on every use; presenting a rotated one revokes the fam
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import secrets
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -28,20 +25,18 @@ from mcp.server.auth.provider import (
 )
 from mcp.shared.auth import OAuthClientInformationFull
 from mcp.shared.auth import OAuthToken as TokenResponse
-from nacl.exceptions import CryptoError
-from nacl.secret import SecretBox
 from pydantic import AnyUrl
 from sqlmodel import col
 
 from auxen.auth.oauth import ACCESS_PREFIX, DEFAULT_SCOPES, REFRESH_PREFIX, resource_url
 from auxen.auth.oauth.cimd import DocumentFetcher, is_document_url
+from auxen.auth.sealing import SealedTokens
 from auxen.config import Settings
 from auxen.store.db import Database
 from auxen.store.ids import new_id
-from auxen.store.models import OAuthClient, OAuthCode, OAuthToken, as_utc
+from auxen.store.models import OAuthClient, OAuthCode, OAuthConsent, OAuthToken, as_utc
 
 CODE_TTL = timedelta(minutes=10)
-ACCESS_TTL = timedelta(hours=1)
 REFRESH_TTL = timedelta(days=30)
 REQUEST_TTL_S = 600  # a pending authorization request (sign-in + consent) lasts this long
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -92,10 +87,7 @@ class OAuthProvider:
         self.db = db
         self.settings = settings
         self.resource = resource_url(settings.base_url)
-        request_key = hashlib.blake2b(
-            b"auxen oauth authorization requests", key=settings.master_key_bytes, digest_size=32
-        ).digest()
-        self._requests = SecretBox(request_key)
+        self._requests = SealedTokens(settings.master_key_bytes, "oauth authorization requests")
         self.documents = DocumentFetcher()
 
     # -- clients ---------------------------------------------------------------------
@@ -107,9 +99,56 @@ class OAuthProvider:
             return None
         async with self.db.system() as session:
             row = await session.get(OAuthClient, client_id)
-        if row is None:
+        if row is None or self._client_expired(row):
             return None
         return OAuthClientInformationFull.model_validate_json(row.info_json)
+
+    def _expiry_cutoffs(self) -> tuple[datetime, datetime]:
+        """Clients created before the first and never used, or last used before the
+        second, have expired."""
+        now = datetime.now(UTC)
+        return (
+            now - timedelta(seconds=self.settings.oauth_unused_client_ttl_s),
+            now - timedelta(seconds=self.settings.oauth_idle_client_ttl_s),
+        )
+
+    def _client_expired(self, row: OAuthClient) -> bool:
+        unused_cutoff, idle_cutoff = self._expiry_cutoffs()
+        if row.last_used_at is None:
+            return as_utc(row.created_at) < unused_cutoff
+        return as_utc(row.last_used_at) < idle_cutoff
+
+    async def delete_expired_clients(self) -> int:
+        """Delete expired clients with whatever they still hold (codes, tokens, consents)."""
+        unused_cutoff, idle_cutoff = self._expiry_cutoffs()
+        expired = (
+            sa.select(col(OAuthClient.id))
+            .where(
+                sa.or_(
+                    sa.and_(
+                        col(OAuthClient.last_used_at).is_(None),
+                        col(OAuthClient.created_at) < unused_cutoff,
+                    ),
+                    col(OAuthClient.last_used_at) < idle_cutoff,
+                )
+            )
+            .limit(1000)
+        )
+        async with self.db.engine.begin() as conn:
+            ids = list((await conn.execute(expired)).scalars())
+            if ids:
+                for table in (OAuthToken, OAuthCode, OAuthConsent):
+                    await conn.execute(sa.delete(table).where(col(table.client_id).in_(ids)))
+                await conn.execute(sa.delete(OAuthClient).where(col(OAuthClient.id).in_(ids)))
+        return len(ids)
+
+    async def _touch_client(self, client_id: str) -> None:
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                sa.update(OAuthClient)
+                .where(col(OAuthClient.id) == client_id)
+                .values(last_used_at=datetime.now(UTC))
+            )
 
     async def secret_matches(self, client_id: str, secret: str) -> bool:
         async with self.db.system() as session:
@@ -120,6 +159,7 @@ class OAuthProvider:
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         for uri in client_info.redirect_uris or []:
             check_redirect_uri(str(uri))
+        await self.delete_expired_clients()  # registration is where the table grows
         secret = client_info.client_secret
         public = client_info.model_copy(update={"client_secret": None})
         assert client_info.client_id is not None
@@ -148,23 +188,13 @@ class OAuthProvider:
             "redirect_uri": str(params.redirect_uri),
             "redirect_uri_explicit": params.redirect_uri_provided_explicitly,
             "resource": params.resource,
-            "expires": int(time.time()) + REQUEST_TTL_S,
         }
-        sealed = self._requests.encrypt(json.dumps(pending).encode())
-        token = base64.urlsafe_b64encode(bytes(sealed)).decode().rstrip("=")
+        token = self._requests.issue(pending, REQUEST_TTL_S)
         return f"{self.settings.base_url}/oauth/consent?{urlencode({'request': token})}"
 
-    def open_request(self, token: str) -> dict[str, object] | None:
+    def open_request(self, token: str) -> dict[str, Any] | None:
         """The pending request behind a consent page, or None if forged or expired."""
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            pending: dict[str, object] = json.loads(self._requests.decrypt(raw))
-        except (ValueError, CryptoError, TypeError):
-            return None
-        expires = pending.get("expires")
-        if not isinstance(expires, int) or expires < time.time():
-            return None
-        return pending
+        return self._requests.open(token)
 
     async def issue_code(self, pending: dict[str, object], user_id: str, workspace_id: str) -> str:
         code = secrets.token_urlsafe(32)
@@ -187,6 +217,7 @@ class OAuthProvider:
                 )
             )
             await session.commit()
+        await self._touch_client(str(pending["client_id"]))
         return code
 
     # -- codes -----------------------------------------------------------------------
@@ -232,13 +263,20 @@ class OAuthProvider:
         if spent.rowcount != 1:  # lost a race with another exchange of the same code
             await self.revoke_family(authorization_code.family_id)
             raise TokenError("invalid_grant", "authorization code already used")
-        return await self._issue(
+        tokens = await self._issue(
             client_id=authorization_code.client_id,
             family_id=authorization_code.family_id,
             user_id=authorization_code.user_id,
             workspace_id=authorization_code.workspace_id,
             scopes=authorization_code.scopes,
         )
+        # Re-authorizing a client replaces the user's earlier grants to it.
+        await self.revoke_grants(
+            authorization_code.user_id,
+            authorization_code.client_id,
+            keep_family=authorization_code.family_id,
+        )
+        return tokens
 
     # -- tokens ----------------------------------------------------------------------
 
@@ -246,6 +284,8 @@ class OAuthProvider:
         self, *, client_id: str, family_id: str, user_id: str, workspace_id: str,
         scopes: list[str],
     ) -> TokenResponse:  # fmt: skip
+        await self._touch_client(client_id)
+        access_ttl = timedelta(seconds=self.settings.oauth_access_token_ttl_s)
         access = ACCESS_PREFIX + secrets.token_urlsafe(32)
         refresh = REFRESH_PREFIX + secrets.token_urlsafe(32)
         now = datetime.now(UTC)
@@ -261,7 +301,7 @@ class OAuthProvider:
         async with self.db.system() as session:
             session.add(
                 OAuthToken(
-                    token_hash=digest(access), kind="access", expires_at=now + ACCESS_TTL, **common
+                    token_hash=digest(access), kind="access", expires_at=now + access_ttl, **common
                 )
             )
             session.add(
@@ -276,7 +316,7 @@ class OAuthProvider:
         return TokenResponse(
             access_token=access,
             token_type="Bearer",
-            expires_in=int(ACCESS_TTL.total_seconds()),
+            expires_in=int(access_ttl.total_seconds()),
             refresh_token=refresh,
             scope=" ".join(scopes),
         )
@@ -346,6 +386,20 @@ class OAuthProvider:
 
     async def revoke_token(self, token: AuxenAccessToken | AuxenRefreshToken) -> None:
         await self.revoke_family(token.family_id)
+
+    async def revoke_grants(
+        self, user_id: str, client_id: str, *, keep_family: str | None = None
+    ) -> None:
+        """Revoke every token `client_id` holds for `user_id` (but `keep_family`'s)."""
+        revoke = (
+            sa.update(OAuthToken)
+            .where(col(OAuthToken.user_id) == user_id, col(OAuthToken.client_id) == client_id)
+            .where(col(OAuthToken.revoked_at).is_(None))
+        )
+        if keep_family is not None:
+            revoke = revoke.where(col(OAuthToken.family_id) != keep_family)
+        async with self.db.engine.begin() as conn:
+            await conn.execute(revoke.values(revoked_at=datetime.now(UTC)))
 
     async def revoke_family(self, family_id: str) -> None:
         async with self.db.engine.begin() as conn:

@@ -4,13 +4,15 @@
 The MCP SDK's handlers do the protocol work over `OAuthProvider`; this module closes the
 gaps they leave: an issuer exactly equal to the public URL, `none` among the client
 authentication methods, `iss` on every authorization response, client secrets checked
-against a hash, and the token request's `resource` checked against the code's.
+against a hash, the token request's `resource` checked against the code's, failed token
+requests throttled per client and per address, and registrations rate-limited per address.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -24,8 +26,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from auxen.auth import throttle
 from auxen.auth.oauth import DEFAULT_SCOPES, SCOPES, resource_url
 from auxen.auth.oauth.provider import OAuthProvider
+from auxen.auth.throttle import Throttle
+from auxen.tools.errors import RateLimited
 
 JSON_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -83,11 +88,10 @@ class HashedSecretAuthenticator(ClientAuthenticator):
         header = request.headers.get("Authorization", "")
         secret: str | None = None
         if header.startswith("Basic "):
-            try:
-                basic_id, secret = base64.b64decode(header[6:]).decode().split(":", 1)
-            except (ValueError, UnicodeDecodeError, binascii.Error):
-                raise AuthenticationError("Invalid Basic authentication header") from None
-            basic_id, secret = unquote(basic_id), unquote(secret)
+            basic = basic_credentials(header)
+            if basic is None:
+                raise AuthenticationError("Invalid Basic authentication header")
+            basic_id, secret = basic
             if client_id and basic_id != client_id:
                 raise AuthenticationError("Client ID mismatch in Basic auth")
             client_id = basic_id
@@ -108,6 +112,23 @@ class HashedSecretAuthenticator(ClientAuthenticator):
         return client
 
 
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """The client id and secret of an HTTP Basic `Authorization` header (RFC 6749 2.3.1)."""
+    try:
+        basic_id, secret = base64.b64decode(header.removeprefix("Basic ")).decode().split(":", 1)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        return None
+    return unquote(basic_id), unquote(secret)
+
+
+def too_many(exc: RateLimited) -> Response:
+    return JSONResponse(
+        {"error": "too_many_requests", "error_description": exc.message},
+        status_code=429,
+        headers={**JSON_NO_STORE, "Retry-After": str(exc.retry_after_s)},
+    )
+
+
 class AuthorizationServer:
     def __init__(self, provider: OAuthProvider, base_url: str) -> None:
         self.provider = provider
@@ -122,6 +143,8 @@ class AuthorizationServer:
             ),
         )
         self._authenticator = authenticator
+        self.throttle = Throttle(provider.db)
+        self.registrations_per_hour = provider.settings.oauth_registrations_per_hour
 
     def routes(self) -> list[Route]:
         return [
@@ -133,7 +156,7 @@ class AuthorizationServer:
                   methods=["GET"]),
             Route("/authorize", self.authorize, methods=["GET", "POST"]),
             Route("/token", self.token, methods=["POST"]),
-            Route("/register", self._register.handle, methods=["POST"]),
+            Route("/register", self.register, methods=["POST"]),
             Route("/revoke", self.revoke, methods=["POST"]),
         ]  # fmt: skip
 
@@ -152,8 +175,42 @@ class AuthorizationServer:
             response.headers["location"] = with_iss(location, self.base_url)
         return response
 
+    async def register(self, request: Request) -> Response:
+        """The SDK's registration (RFC 7591), at most so many per client address an hour."""
+        try:
+            await self.throttle.spend(
+                f"register:address:{_address(request)}",
+                limit=self.registrations_per_hour,
+                window=timedelta(hours=1),
+            )
+        except RateLimited as exc:
+            return too_many(exc)
+        response: Response = await self._register.handle(request)
+        return response
+
     async def token(self, request: Request) -> Response:
-        """The SDK's token endpoint, after checking `resource` against the grant's."""
+        """The SDK's token endpoint, after the throttle and after checking `resource`
+        against the grant's. Every refused request counts against the client and the
+        address: guessing codes, verifiers or refresh tokens soon has to wait."""
+        form = await request.form()
+        subjects = {f"token:address:{_address(request)}": throttle.ADDRESS}
+        claimed = form.get("client_id")
+        basic = basic_credentials(request.headers.get("Authorization", ""))
+        if basic is not None:
+            claimed = basic[0]
+        if isinstance(claimed, str) and claimed:
+            subjects[f"token:client:{claimed[:300]}"] = throttle.CLIENT
+        try:
+            await self.throttle.admit(subjects)
+        except RateLimited as exc:
+            return too_many(exc)
+        response = await self._token_after_checks(request)
+        if response.status_code in (400, 401):
+            await self.throttle.failed(subjects)
+        response.headers.update(JSON_NO_STORE)
+        return response
+
+    async def _token_after_checks(self, request: Request) -> Response:
         form = await request.form()
         requested = form.get("resource")
         if isinstance(requested, str) and requested:
@@ -170,10 +227,8 @@ class AuthorizationServer:
                         "error_description": f"this grant is for {bound}, not {requested}",
                     },
                     status_code=400,
-                    headers=JSON_NO_STORE,
                 )
         response: Response = await self._token.handle(request)
-        response.headers.update(JSON_NO_STORE)
         return response
 
     async def revoke(self, request: Request) -> Response:
@@ -201,6 +256,10 @@ class AuthorizationServer:
         if grant is not None and grant.client_id == client.client_id:
             await self.provider.revoke_family(grant.family_id)
         return Response(status_code=200, headers=JSON_NO_STORE)
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def with_iss(location: str, issuer: str) -> str:

@@ -1,0 +1,127 @@
+"""The account page: workspaces, the second factor (set up with a QR code, recovery
+codes, turn off) and the agents the person has allowed in (revoke any of them)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from auxen.auth.oauth import SCOPE_DESCRIPTIONS
+from auxen.auth.oauth.consents import Consents
+from auxen.store.models import User
+from auxen.tools import accounts, mfa
+from auxen.tools.errors import AuxenError, RateLimited
+from auxen.web.pages import CsrfError, Pages, client_address
+
+Form = dict[str, Any]
+
+
+class AccountPages:
+    def __init__(self, pages: Pages, consents: Consents) -> None:
+        self.pages = pages
+        self.rt = pages.rt
+        self.consents = consents
+
+    async def show(self, request: Request) -> Response:
+        user = await self.pages.current_user(request)
+        if user is None:
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return await self._render(request, user)
+
+    async def _render(
+        self, request: Request, user: User, status: int = 200, **context: Any
+    ) -> Response:
+        return self.pages.render(
+            request,
+            "account.html",
+            status=status,
+            user=user,
+            workspaces=await accounts.workspaces_of(self.rt, user),
+            recovery_left=await mfa.unused_recovery_codes(self.rt, user) if user.has_totp else 0,
+            apps=await self.consents.of_user(user.id),
+            scope_descriptions=SCOPE_DESCRIPTIONS,
+            **context,
+        )
+
+    async def _posted(
+        self, request: Request, act: Callable[[User, Form], Awaitable[Response]]
+    ) -> Response:
+        """A POST from the account page: CSRF checked, signed in, typed errors shown on
+        the page (429 with Retry-After when throttled)."""
+        try:
+            form = await self.pages._check_csrf(request)
+        except CsrfError:
+            return self.pages._forbidden(request)
+        user = await self.pages.current_user(request)
+        if user is None:
+            return RedirectResponse("/login?next=/account", status_code=303)
+        try:
+            return await act(user, form)
+        except RateLimited as exc:
+            page = await self._render(request, user, status=429, error=exc.message)
+            page.headers["Retry-After"] = str(exc.retry_after_s)
+            return page
+        except AuxenError as exc:
+            status = {"invalid_argument": 400, "unauthenticated": 401, "conflict": 409}
+            return await self._render(
+                request, user, status=status.get(exc.code, 400), error=exc.message
+            )
+
+    # -- second factor ---------------------------------------------------------------
+
+    async def mfa_setup(self, request: Request) -> Response:
+        async def act(user: User, form: Form) -> Response:
+            enrolment = mfa.begin_enrolment(self.rt, user)
+            return self.pages.render(request, "mfa_setup.html", enrolment=enrolment)
+
+        return await self._posted(request, act)
+
+    async def mfa_enable(self, request: Request) -> Response:
+        async def act(user: User, form: Form) -> Response:
+            token = form.get("token", "")
+            try:
+                codes = await mfa.confirm_enrolment(
+                    self.rt, user, token=token, code=form.get("code", ""),
+                    address=client_address(request),
+                )  # fmt: skip
+            except AuxenError as exc:
+                if exc.param != "code":
+                    raise
+                return self.pages.render(
+                    request, "mfa_setup.html", status=400, error=exc.message,
+                    enrolment=mfa.reopen_enrolment(self.rt, user, token),
+                )  # fmt: skip
+            return self.pages.render(request, "recovery_codes.html", codes=codes, new=True)
+
+        return await self._posted(request, act)
+
+    async def recovery_codes(self, request: Request) -> Response:
+        async def act(user: User, form: Form) -> Response:
+            codes = await mfa.replace_recovery_codes(
+                self.rt, user, code=form.get("code", ""), address=client_address(request)
+            )
+            return self.pages.render(request, "recovery_codes.html", codes=codes, new=False)
+
+        return await self._posted(request, act)
+
+    async def mfa_disable(self, request: Request) -> Response:
+        async def act(user: User, form: Form) -> Response:
+            await mfa.disable(
+                self.rt, user, password=form.get("password", ""), code=form.get("code", ""),
+                address=client_address(request),
+            )  # fmt: skip
+            return RedirectResponse("/account", status_code=303)
+
+        return await self._posted(request, act)
+
+    # -- connected agents ------------------------------------------------------------
+
+    async def revoke_app(self, request: Request) -> Response:
+        async def act(user: User, form: Form) -> Response:
+            await self.consents.revoke(user.id, form.get("consent_id", ""))
+            return RedirectResponse("/account", status_code=303)
+
+        return await self._posted(request, act)
