@@ -32,7 +32,9 @@ from mcp.shared.auth import (
 )
 from pydantic import AnyUrl
 
-from tests.browsers import csrf_of
+from auxen.store.db import Database
+from auxen.store.models import OAuthClient
+from tests.browsers import csrf_of, enrol_totp
 from tests.mcp_clients import error_text, structured
 from tests.servers import AuxenServer, free_port
 
@@ -309,7 +311,7 @@ def test_token_resource_must_match_the_code(server: AuxenServer, person: Person)
 def test_refresh_tokens_rotate_and_a_reused_one_revokes_the_family(
     server: AuxenServer, person: Person
 ) -> None:
-    flow = Flow(server, person)
+    flow = Flow(server, person, scope="instances:read")
     first = flow.exchange(flow.code()).json()
     second = flow.token(grant_type="refresh_token", refresh_token=first["refresh_token"])
     assert second.status_code == 200, second.text
@@ -395,13 +397,207 @@ def test_consent_needs_sign_in_and_a_csrf_token(server: AuxenServer, person: Per
     assert tampered.status_code == 400
 
 
-def test_wrong_audience_and_unknown_tokens_are_refused(server: AuxenServer) -> None:
+def test_wrong_audience_and_unknown_tokens_are_refused(server: AuxenServer, person: Person) -> None:
     for token in ("auxo_" + secrets.token_urlsafe(32), "auxr_notanaccesstoken"):
         reply = httpx2.post(
             f"{server.url}/mcp", headers={"Authorization": f"Bearer {token}"}, json={}
         )
         assert reply.status_code == 401
         assert 'error="invalid_token"' in reply.headers["www-authenticate"]
+    # A twin server on the same database but another public URL: a real token issued
+    # for this server's /mcp is not one for the twin's.
+    flow = Flow(server, person)
+    tokens = flow.exchange(flow.code()).json()
+    twin = AuxenServer(server.data_dir, server.database_url).start()
+    try:
+        elsewhere = httpx2.post(
+            f"{twin.url}/mcp",
+            headers={"Authorization": f"Bearer {tokens['access_token']}"},
+            json={},
+        )
+        assert elsewhere.status_code == 401
+        challenge = elsewhere.headers["www-authenticate"]
+        assert 'error="invalid_token"' in challenge and twin.url in challenge
+    finally:
+        twin.stop()
+    assert not asyncio.run(mcp_call(server, tokens["access_token"], "list_models", {})).is_error
+
+
+def test_consent_is_remembered_until_revoked_from_the_account_page(
+    server: AuxenServer, person: Person
+) -> None:
+    flow = Flow(server, person, scope="instances:read")
+    first = flow.exchange(flow.code()).json()
+    # The same client asking for no more than it was allowed: straight back, no page.
+    step = person.http.get(flow.authorize_url())
+    again = person.http.get(step.headers["location"])
+    assert again.status_code == 303 and again.headers["location"].startswith(REDIRECT)
+    answer = parse_qs(urlsplit(again.headers["location"]).query)
+    assert answer["state"] == ["st-123"] and answer["iss"] == [server.url]
+    second = flow.exchange(answer["code"][0]).json()
+    # Re-authorizing replaced the earlier grant: its tokens no longer work.
+    assert (
+        httpx2.post(
+            f"{server.url}/mcp",
+            headers={"Authorization": f"Bearer {first['access_token']}"},
+            json={},
+        ).status_code
+        == 401
+    )
+    refreshed = flow.token(grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert refreshed.status_code == 400
+    assert not asyncio.run(mcp_call(server, second["access_token"], "list_models", {})).is_error
+    # Asking for more than was allowed shows the page again.
+    wider = person.http.get(flow.authorize_url(scope="instances:read inference"))
+    page = person.http.get(wider.headers["location"])
+    assert page.status_code == 200 and "<code>inference</code>" in page.text
+    # The account page lists the agent; revoking forgets the consent and ends its tokens.
+    account = person.http.get("/account")
+    assert "Hand Client" in account.text
+    consent_ids = re.findall(r'name="consent_id" value="([^"]+)"', account.text)
+    assert consent_ids
+    for consent_id in consent_ids:
+        done = person.http.post(
+            "/account/apps/revoke", data={"csrf_token": csrf_of(account), "consent_id": consent_id}
+        )
+        assert done.status_code == 303
+    assert "No agent has been allowed" in person.http.get("/account").text
+    assert httpx2.post(
+        f"{server.url}/mcp", headers={"Authorization": f"Bearer {second['access_token']}"},
+        json={},
+    ).status_code == 401  # fmt: skip
+    step = person.http.get(flow.authorize_url())
+    assert person.http.get(step.headers["location"]).status_code == 200  # asks again
+
+
+def test_guessing_at_the_token_endpoint_is_throttled(server: AuxenServer, person: Person) -> None:
+    flow = Flow(server, person)
+    code = flow.code()
+    where = {"X-Forwarded-For": "198.51.100.77"}
+
+    def exchange(verifier: str) -> httpx2.Response:
+        return httpx2.post(
+            f"{server.url}/token",
+            headers=where,
+            data={"client_id": flow.client_id, "grant_type": "authorization_code",
+                  "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier},
+        )  # fmt: skip
+
+    statuses = [exchange(secrets.token_urlsafe(48)).status_code for _ in range(5)]
+    assert statuses == [400] * 5
+    slowed = exchange(flow.verifier)  # even the right verifier must wait now
+    assert slowed.status_code == 429 and slowed.json()["error"] == "too_many_requests"
+    assert int(slowed.headers["retry-after"]) >= 1 and slowed.headers["cache-control"] == "no-store"
+    time.sleep(int(slowed.headers["retry-after"]) + 0.2)
+    assert exchange(flow.verifier).status_code == 200  # the code was not spent meanwhile
+
+
+def test_a_person_with_two_factor_passes_it_before_consenting(server: AuxenServer) -> None:
+    owner = Person(server, "two-factor-owner@example.com")
+    app, _ = enrol_totp(owner.http)
+    fresh = httpx2.Client(base_url=server.url, follow_redirects=False, timeout=30)
+    flow = Flow(server, owner)
+    consent_url = fresh.get(flow.authorize_url()).headers["location"]
+    to_login = fresh.get(consent_url)
+    assert to_login.headers["location"].startswith("/login?next=")
+    login_page = fresh.get(to_login.headers["location"])
+    next_url = re.search(r'name="next" value="([^"]+)"', login_page.text)
+    assert next_url
+    password = fresh.post(
+        "/login",
+        data={"csrf_token": csrf_of(login_page), "email": "two-factor-owner@example.com",
+              "password": PASSWORD, "next": next_url.group(1).replace("&amp;", "&")},
+    )  # fmt: skip
+    assert password.headers["location"].startswith("/login/mfa")
+    assert fresh.get(consent_url).status_code == 303  # no consent page on a password alone
+    mfa_page = fresh.get(password.headers["location"])
+    done = fresh.post(
+        "/login/mfa",
+        data={"csrf_token": csrf_of(mfa_page), "code": app.code(),
+              "next": re.search(r'name="next" value="([^"]+)"', mfa_page.text)
+              .group(1).replace("&amp;", "&")},  # type: ignore[union-attr]
+    )  # fmt: skip
+    assert done.status_code == 303 and done.headers["location"].startswith("/oauth/consent")
+    owner.http = fresh
+    answer = owner.consent(flow.authorize_url())
+    assert flow.exchange(answer["code"]).status_code == 200
+
+
+# -- a server with short lifetimes: token expiry, client expiry, registration limits -----
+
+
+@pytest.fixture(scope="module")
+def brief(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuxenServer]:
+    root = tmp_path_factory.mktemp("oauth-brief")
+    srv = AuxenServer(
+        root / "data",
+        f"sqlite:///{root / 'auxen.db'}",
+        extra_env={
+            "AUXEN_OAUTH_ACCESS_TOKEN_TTL_S": "2",
+            "AUXEN_OAUTH_UNUSED_CLIENT_TTL_S": "2",
+            "AUXEN_OAUTH_REGISTRATIONS_PER_HOUR": "8",
+        },
+    ).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_access_tokens_expire_and_refresh_renews_them(brief: AuxenServer) -> None:
+    flow = Flow(brief, Person(brief, "brief@example.com"))
+    tokens = flow.exchange(flow.code()).json()
+    assert tokens["expires_in"] == 2
+    assert not asyncio.run(mcp_call(brief, tokens["access_token"], "list_models", {})).is_error
+    time.sleep(2.5)
+    expired = httpx2.post(
+        f"{brief.url}/mcp", headers={"Authorization": f"Bearer {tokens['access_token']}"}, json={}
+    )
+    assert expired.status_code == 401
+    assert 'error="invalid_token"' in expired.headers["www-authenticate"]
+    renewed = flow.token(grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    assert renewed.status_code == 200
+    fresh = renewed.json()["access_token"]
+    assert not asyncio.run(mcp_call(brief, fresh, "list_models", {})).is_error
+
+
+def test_registered_clients_expire_unless_used(brief: AuxenServer) -> None:
+    person = Person(brief, "expiry@example.com")
+    idle, used = Flow(brief, person), Flow(brief, person)
+    tokens = used.exchange(used.code()).json()  # an authorization counts as use
+    time.sleep(2.5)
+    gone = person.http.get(idle.authorize_url())
+    assert gone.status_code == 400 and "consent" not in gone.headers.get("location", "")
+    renewed = used.token(grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    assert renewed.status_code == 200  # used within its idle time: still registered
+    Flow(brief, person)  # a registration sweeps expired clients away
+    assert _client_row(brief, idle.client_id) is None
+    assert _client_row(brief, used.client_id) is not None
+
+
+def test_registration_is_rate_limited_per_address(brief: AuxenServer) -> None:
+    where = {"X-Forwarded-For": "203.0.113.50"}
+    body = {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}
+    replies = [httpx2.post(f"{brief.url}/register", json=body, headers=where) for _ in range(9)]
+    assert [r.status_code for r in replies[:8]] == [201] * 8
+    assert replies[8].status_code == 429 and replies[8].json()["error"] == "too_many_requests"
+    assert int(replies[8].headers["retry-after"]) > 3000  # the hour's window
+    other = httpx2.post(
+        f"{brief.url}/register", json=body, headers={"X-Forwarded-For": "203.0.113.51"}
+    )
+    assert other.status_code == 201
+
+
+def _client_row(server: AuxenServer, client_id: str) -> OAuthClient | None:
+    async def read() -> OAuthClient | None:
+        db = Database(server.database_url)
+        try:
+            async with db.system() as session:
+                return await session.get(OAuthClient, client_id)
+        finally:
+            await db.close()
+
+    return asyncio.run(read())
 
 
 async def test_oauth_tools_see_only_the_consented_workspace(server: AuxenServer) -> None:
