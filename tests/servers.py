@@ -112,6 +112,13 @@ class AuxenServer:
             self.proc.wait(timeout=60)
         self.proc = None
 
+    def stop_clean(self) -> str:
+        """Stop, and fail the test if the server logged a traceback; the log's text."""
+        self.stop()
+        log = self.log_path.read_text()
+        assert "Traceback" not in log, log[-3000:]
+        return log
+
     def client(self, key: str | None) -> httpx2.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx2.Client(base_url=self.url, headers=headers, timeout=120)

@@ -27,9 +27,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         yield srv
     finally:
-        srv.stop()
-        log = srv.log_path.read_text()
-        assert "Traceback" not in log, log[-3000:]
+        log = srv.stop_clean()
         assert PASSWORD not in log
 
 

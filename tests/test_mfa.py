@@ -34,9 +34,7 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         yield srv
     finally:
-        srv.stop()
-        log = srv.log_path.read_text()
-        assert "Traceback" not in log, log[-3000:]
+        srv.stop_clean()
 
 
 def stored(server: AuxenServer, email: str) -> tuple[User, list[RecoveryCode]]:
@@ -59,6 +57,15 @@ def enrolled(server: AuxenServer, email: str, address: str) -> tuple[Authenticat
     b = browser(server, address)
     assert sign_up(b, email).status_code == 303
     return enrol_totp(b)
+
+
+def signed_in(
+    server: AuxenServer, email: str, address: str, code: str
+) -> tuple[httpx2.Client, httpx2.Response]:
+    """A new browser at `address` that gives the password, then `code`; the answer."""
+    b = browser(server, address)
+    assert _login(b, email, PASSWORD).status_code == 303
+    return b, second_step(b, code)
 
 
 def test_enrolment_then_every_sign_in_needs_a_code(server: AuxenServer) -> None:
@@ -108,13 +115,12 @@ def test_enrolment_then_every_sign_in_needs_a_code(server: AuxenServer) -> None:
 
 def test_a_recovery_code_signs_in_once(server: AuxenServer) -> None:
     _, codes = enrolled(server, "lost-phone@example.com", "192.0.2.22")
-    b = browser(server, "192.0.2.22")
-    assert _login(b, "lost-phone@example.com", PASSWORD).status_code == 303
-    assert second_step(b, codes[0].upper().replace("-", " ")).status_code == 303  # forgiving
+    forgiving = codes[0].upper().replace("-", " ")
+    b, answer = signed_in(server, "lost-phone@example.com", "192.0.2.22", forgiving)
+    assert answer.status_code == 303
     assert "9 unused recovery codes" in b.get("/account").text
-    again = browser(server, "192.0.2.22")
-    _login(again, "lost-phone@example.com", PASSWORD)
-    assert second_step(again, codes[0]).status_code == 401
+    again, spent = signed_in(server, "lost-phone@example.com", "192.0.2.22", codes[0])
+    assert spent.status_code == 401
     assert second_step(again, codes[1]).status_code == 303
     _, rows = stored(server, "lost-phone@example.com")
     assert sum(r.used_at is not None for r in rows) == 2
@@ -123,9 +129,7 @@ def test_a_recovery_code_signs_in_once(server: AuxenServer) -> None:
 
 def test_new_recovery_codes_replace_the_old_ones(server: AuxenServer) -> None:
     app, old = enrolled(server, "fresh-codes@example.com", "192.0.2.23")
-    b = browser(server, "192.0.2.23")
-    _login(b, "fresh-codes@example.com", PASSWORD)
-    second_step(b, old[0])
+    b, _ = signed_in(server, "fresh-codes@example.com", "192.0.2.23", old[0])
     page = b.get("/account")
     made = b.post(
         "/account/mfa/recovery-codes", data={"csrf_token": csrf_of(page), "code": app.code()}
@@ -133,9 +137,8 @@ def test_new_recovery_codes_replace_the_old_ones(server: AuxenServer) -> None:
     assert made.status_code == 200 and "earlier codes no longer work" in made.text
     new = recovery_codes_in(made)
     assert not set(new) & set(old)
-    other = browser(server, "192.0.2.23")
-    _login(other, "fresh-codes@example.com", PASSWORD)
-    assert second_step(other, old[1]).status_code == 401
+    other, refused = signed_in(server, "fresh-codes@example.com", "192.0.2.23", old[1])
+    assert refused.status_code == 401
     assert second_step(other, new[0]).status_code == 303
 
 
@@ -150,16 +153,13 @@ def test_guessing_codes_is_slowed_then_locked_out(server: AuxenServer) -> None:
     replies = [second_step(thief, f"{n:06d}") for n in range(6)]
     assert all(r.status_code == 429 for r in replies)
     assert int(replies[-1].headers["retry-after"]) > 600  # locked for minutes
-    owner = browser(server, "192.0.2.24")  # from anywhere: the second factor is locked
-    _login(owner, "guessed@example.com", PASSWORD)
-    assert second_step(owner, codes[0]).status_code == 429
+    # From anywhere: the second factor is locked.
+    assert signed_in(server, "guessed@example.com", "192.0.2.24", codes[0])[1].status_code == 429
 
 
 def test_turning_it_off_needs_the_password_and_a_code(server: AuxenServer) -> None:
     _, codes = enrolled(server, "off@example.com", "192.0.2.25")
-    b = browser(server, "192.0.2.25")
-    _login(b, "off@example.com", PASSWORD)
-    second_step(b, codes[0])
+    b, _ = signed_in(server, "off@example.com", "192.0.2.25", codes[0])
     page = b.get("/account")
     wrong = b.post(
         "/account/mfa/disable",

@@ -31,7 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuxenServer]:
     try:
         yield srv
     finally:
-        srv.stop()
+        srv.stop_clean()
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ class Policy:
 
 ACCOUNT = Policy(free_failures=3, lockout_after=10, lockout=timedelta(minutes=15),
                  window=timedelta(minutes=15))  # fmt: skip
-# A client (at the token endpoint): wrong verifiers, replayed codes and refresh tokens.
+# A client failing to authenticate at the token endpoint (a guessed secret).
 CLIENT = Policy(free_failures=5, lockout_after=20, lockout=timedelta(minutes=15),
                 window=timedelta(minutes=15))  # fmt: skip
 ADDRESS = Policy(free_failures=10, lockout_after=50, lockout=timedelta(minutes=15),

@@ -190,23 +190,31 @@ class AuthorizationServer:
 
     async def token(self, request: Request) -> Response:
         """The SDK's token endpoint, after the throttle and after checking `resource`
-        against the grant's. Every refused request counts against the client and the
-        address: guessing codes, verifiers or refresh tokens soon has to wait."""
+        against the grant's. Every refused request counts against the address, so
+        guessing codes, verifiers or refresh tokens soon has to wait; a failed client
+        authentication (guessing a secret) also counts against that client. Refused
+        grants do not count against the client: client ids are not secret (a metadata
+        document's is a public URL), and anyone could lock a client out for everyone."""
         form = await request.form()
-        subjects = {f"token:address:{_address(request)}": throttle.ADDRESS}
+        by_address = {f"token:address:{_address(request)}": throttle.ADDRESS}
         claimed = form.get("client_id")
         basic = basic_credentials(request.headers.get("Authorization", ""))
         if basic is not None:
             claimed = basic[0]
-        if isinstance(claimed, str) and claimed:
-            subjects[f"token:client:{claimed[:300]}"] = throttle.CLIENT
+        by_client = (
+            {f"token:client:{claimed[:300]}": throttle.CLIENT}
+            if isinstance(claimed, str) and claimed
+            else {}
+        )
         try:
-            await self.throttle.admit(subjects)
+            await self.throttle.admit(by_address | by_client)
         except RateLimited as exc:
             return too_many(exc)
         response = await self._token_after_checks(request)
-        if response.status_code in (400, 401):
-            await self.throttle.failed(subjects)
+        if response.status_code == 401:
+            await self.throttle.failed(by_address | by_client)
+        elif response.status_code == 400:
+            await self.throttle.failed(by_address)
         response.headers.update(JSON_NO_STORE)
         return response
 
