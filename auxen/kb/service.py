@@ -49,13 +49,29 @@ class KnowledgeEngine:
 
     async def ingest(self, workspace_id: str, kb_id: str, document_id: str, text: str) -> int:
         """Chunk, embed and store one document's text; returns its number of chunks."""
-        chunks = await asyncio.to_thread(self.chunker.split, text)
-        texts = [c.text for c in chunks]
-        if not texts:
-            return 0
-        vectors = await self.embedder.embed(texts)
-        await self.store.add(workspace_id, kb_id, document_id, texts, vectors)
-        return len(texts)
+        return (await self.ingest_many(workspace_id, kb_id, [(document_id, text)]))[0]
+
+    async def ingest_many(
+        self, workspace_id: str, kb_id: str, documents: list[tuple[str, str]]
+    ) -> list[int]:
+        """Several documents at once: their chunks are embedded together, in full
+        batches (small documents alone would make small, slow batches), then each
+        document is stored in its own commit. Returns each one's number of chunks."""
+        split = [
+            [c.text for c in await asyncio.to_thread(self.chunker.split, text)]
+            for _, text in documents
+        ]
+        everything = [t for texts in split for t in texts]
+        if not everything:
+            return [0] * len(documents)
+        vectors = await self.embedder.embed(everything)
+        start = 0
+        for (document_id, _), texts in zip(documents, split, strict=True):
+            if texts:
+                part = vectors[start : start + len(texts)]
+                await self.store.add(workspace_id, kb_id, document_id, texts, part)
+            start += len(texts)
+        return [len(texts) for texts in split]
 
     async def embed_query(self, query: str) -> Vectors:
         vectors = await self.embedder.embed([query])

@@ -326,10 +326,51 @@ async def add_documents(
             f"{rt.settings.kb_max_documents_per_kb}; delete some or use another one",
             param="documents",
         )
-    return [await _add_one(rt, caller, kb, doc) for doc in read]
+    claimed: list[tuple[KbDocument, _Read]] = []
+    results: list[AddedDocument | None] = []
+    ws = caller.workspace_id
+    ids: list[str] = []
+    try:
+        for doc in read:
+            row, duplicate = await _claim(rt, caller, kb, doc)
+            if duplicate:
+                results.append(AddedDocument(_document_view(row), duplicate=True))
+            else:
+                _ingesting.add(row.id)  # a second copy in this request is a duplicate
+                ids.append(row.id)
+                results.append(None)
+                claimed.append((row, doc))
+        for row_id in ids:  # leftovers of a try cut short by a crash
+            await rt.kb.store.delete_document(ws, kb.id, row_id)
+        counts = await rt.kb.ingest_many(ws, kb.id, [(r.id, d.text) for r, d in claimed])
+    except BaseException:
+        for row_id in ids:
+            await rt.kb.store.delete_document(ws, kb.id, row_id)
+        async with rt.db.scoped(ws) as session:
+            await session.exec(sa.delete(KbDocument).where(col(KbDocument.id).in_(ids)))
+            await session.commit()
+        raise
+    finally:
+        _ingesting.difference_update(ids)
+    async with rt.db.scoped(ws) as session:
+        for (row, _), chunks in zip(claimed, counts, strict=True):
+            await session.exec(
+                sa.update(KbDocument)
+                .where(col(KbDocument.id) == row.id)
+                .values(status=DocumentStatus.READY.value, chunk_count=chunks)
+            )
+            row.status, row.chunk_count = DocumentStatus.READY, chunks
+        await session.commit()
+    fresh = iter(AddedDocument(_document_view(row), duplicate=False) for row, _ in claimed)
+    return [r if r is not None else next(fresh) for r in results]
 
 
-async def _add_one(rt: Runtime, caller: Caller, kb: KnowledgeBase, doc: _Read) -> AddedDocument:
+async def _claim(
+    rt: Runtime, caller: Caller, kb: KnowledgeBase, doc: _Read
+) -> tuple[KbDocument, bool]:
+    """The document's row, new (status ingesting) or, when these bytes are already in
+    the knowledge base, the existing one (True). A row left `ingesting` by a crash is
+    claimed again."""
     ws = caller.workspace_id
     async with rt.db.scoped(ws) as session:
         existing = (
@@ -339,49 +380,25 @@ async def _add_one(rt: Runtime, caller: Caller, kb: KnowledgeBase, doc: _Read) -
                 .where(col(KbDocument.content_hash) == doc.content_hash)
             )
         ).first()
-        if existing is not None and (
-            existing.status is DocumentStatus.READY or existing.id in _ingesting
-        ):
-            return AddedDocument(_document_view(existing), duplicate=True)
-        if existing is None:
-            row = KbDocument(
-                workspace_id=ws,
-                knowledge_base_id=kb.id,
-                title=doc.title,
-                content_type=doc.content_type,
-                content_hash=doc.content_hash,
-                byte_size=doc.size,
-                status=DocumentStatus.INGESTING,
-            )
-            session.add(row)
-            try:
-                await session.commit()
-            except IntegrityError:  # the same bytes, uploaded concurrently
-                await session.rollback()
-                return await _add_one(rt, caller, kb, doc)
-        else:
-            row = existing  # an ingestion cut short (a crash): do it again
-    _ingesting.add(row.id)
-    try:
-        await rt.kb.store.delete_document(ws, kb.id, row.id)  # leftovers of a cut-short try
-        chunks = await rt.kb.ingest(ws, kb.id, row.id, doc.text)
-    except BaseException:
-        await rt.kb.store.delete_document(ws, kb.id, row.id)
-        async with rt.db.scoped(ws) as session:
-            await session.exec(sa.delete(KbDocument).where(col(KbDocument.id) == row.id))
-            await session.commit()
-        raise
-    finally:
-        _ingesting.discard(row.id)
-    async with rt.db.scoped(ws) as session:
-        await session.exec(
-            sa.update(KbDocument)
-            .where(col(KbDocument.id) == row.id)
-            .values(status=DocumentStatus.READY.value, chunk_count=chunks)
+        if existing is not None:
+            duplicate = existing.status is DocumentStatus.READY or existing.id in _ingesting
+            return existing, duplicate
+        row = KbDocument(
+            workspace_id=ws,
+            knowledge_base_id=kb.id,
+            title=doc.title,
+            content_type=doc.content_type,
+            content_hash=doc.content_hash,
+            byte_size=doc.size,
+            status=DocumentStatus.INGESTING,
         )
-        await session.commit()
-    row.status, row.chunk_count = DocumentStatus.READY, chunks
-    return AddedDocument(_document_view(row), duplicate=False)
+        session.add(row)
+        try:
+            await session.commit()
+        except IntegrityError:  # the same bytes, uploaded concurrently
+            await session.rollback()
+            return await _claim(rt, caller, kb, doc)
+    return row, False
 
 
 # Documents being ingested by this process (a retry of the same bytes joins, not redoes).
