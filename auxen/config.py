@@ -69,6 +69,23 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15.0, gt=0)
     usage_flush_interval_s: float = Field(default=0.2, gt=0)
 
+    # Knowledge bases. LanceDB lives under <data_dir>/kb unless kb_uri names another
+    # directory or an object-storage URI (s3://bucket/prefix); one namespace per workspace.
+    kb_uri: str | None = None
+    kb_chunk_tokens: int = Field(default=160, ge=32, le=254)
+    kb_chunk_overlap_tokens: int = Field(default=32, ge=0, le=128)
+    kb_embed_batch_size: int = Field(default=32, ge=1, le=1024)
+    # An OpenAI-compatible /v1/embeddings server (a vLLM pooling server, say) instead of
+    # the bundled all-MiniLM-L6-v2 running in this process.
+    kb_embeddings_url: str | None = None
+    kb_embeddings_model: str | None = None
+    kb_embeddings_api_key: SecretStr | None = None
+    kb_ann_threshold: int = Field(default=20_000, ge=256)
+    kb_max_document_bytes: int = Field(default=8 * 1_048_576, ge=1024)
+    kb_max_documents_per_kb: int = Field(default=10_000, ge=1)
+    kb_max_documents_per_request: int = Field(default=64, ge=1)
+    kb_max_knowledge_bases: int = Field(default=100, ge=1)
+
     @property
     def is_production(self) -> bool:
         return self.env == "production"
@@ -90,6 +107,10 @@ class Settings(BaseSettings):
     @property
     def instances_dir(self) -> Path:
         return self.data_dir.resolve() / "instances"
+
+    @property
+    def resolved_kb_uri(self) -> str:
+        return (self.kb_uri or str(self.data_dir.resolve() / "kb")).rstrip("/")
 
     @property
     def vllm_argv(self) -> list[str]:

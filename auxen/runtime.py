@@ -11,6 +11,7 @@ from auxen.inference.lifecycle import InstanceManager
 from auxen.inference.providers import build_provider
 from auxen.inference.providers.base import Provider
 from auxen.inference.usage import UsageRecorder
+from auxen.kb.service import KnowledgeEngine
 from auxen.store.db import Database
 
 
@@ -23,6 +24,7 @@ class Runtime:
     auth: KeyAuthenticator
     usage: UsageRecorder
     gateway: InferenceGateway
+    kb: KnowledgeEngine
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -33,13 +35,15 @@ class Runtime:
         auth = KeyAuthenticator(db)
         usage = UsageRecorder(db, settings.usage_flush_interval_s)
         gateway = InferenceGateway(db, settings, usage)
+        kb = KnowledgeEngine(settings)
 
         def forget_instance(instance_id: str) -> None:
             auth.forget_instance(instance_id)
             gateway.forget(instance_id)
+            kb.forget_attachments(instance_id)
 
         manager = InstanceManager(db, provider, settings, on_change=forget_instance)
-        return cls(settings, db, provider, manager, auth, usage, gateway)
+        return cls(settings, db, provider, manager, auth, usage, gateway, kb)
 
     async def start(self, *, background: bool = True) -> None:
         await self.db.migrate()
@@ -53,4 +57,5 @@ class Runtime:
         await self.gateway.close()
         await self.usage.close()
         await self.auth.close()
+        await self.kb.close()
         await self.db.close()

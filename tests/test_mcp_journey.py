@@ -119,6 +119,16 @@ async def test_agent_over_streamable_http(world: World) -> None:
             "destroy_instance",
             "query_instance",
             "get_usage",
+            "create_knowledge_base",
+            "list_knowledge_bases",
+            "delete_knowledge_base",
+            "add_documents",
+            "list_documents",
+            "delete_document",
+            "attach_knowledge_base",
+            "detach_knowledge_base",
+            "list_attachments",
+            "search_knowledge_base",
         }
         for tool in listed.tools:
             assert tool.description and tool.output_schema and tool.annotations

@@ -30,7 +30,7 @@ from auxen.inference.providers.base import (
     ResourceStatus,
 )
 from auxen.store.db import Database
-from auxen.store.models import ApiKey, Instance, InstanceState, as_utc
+from auxen.store.models import ApiKey, Instance, InstanceState, KbAttachment, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,13 @@ class InstanceManager:
         return destroyed
 
     async def _delete_keys(self, instance_id: str) -> None:
+        """Delete what lets anyone reach the instance: its keys, and the knowledge-base
+        attachments it retrieved through (the knowledge bases themselves stay)."""
         async with self.db.system() as session:
             await session.exec(sa.delete(ApiKey).where(col(ApiKey.instance_id) == instance_id))
+            await session.exec(
+                sa.delete(KbAttachment).where(col(KbAttachment.instance_id) == instance_id)
+            )
             await session.commit()
         self.on_change(instance_id)
 

@@ -6,6 +6,12 @@ streams are relayed event by event as they arrive. Upstream is always asked for
 `stream_options.include_usage`; that extra usage chunk is stripped unless the caller
 asked for it. Each call leaves a UsageRecord with counts and timings, never text; the
 request and response bodies are never logged.
+
+On `chat/completions`, an instance with knowledge bases attached gets the passages that
+best match the latest user turn as numbered sources in the system message; the answer
+carries `citations` (non-streamed: a top-level field; streamed: on the first chunk).
+The caller turns this off or sets how many passages with a `retrieval` body field
+(`false`, or `{"enabled": bool, "top_k": 1-20}`), which never goes upstream.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -24,6 +31,9 @@ from auxen.inference.upstream import UpstreamError, UpstreamResponse
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
 from auxen.tools.errors import InvalidArgument
+from auxen.tools.kb import MAX_TOP_K, retrieve_for_instance
+from auxen.tools.query import citations_of, latest_user_turn, with_sources
+from auxen.tools.views import Citation
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +83,9 @@ class InferenceProxy:
                 param="model",
                 code="model_not_found",
             )
+        citations: list[Citation] = []
+        if path == "chat/completions":
+            citations = await self._retrieve(target, body)
         stream = body.get("stream") is True
         wants_usage = False
         if stream:
@@ -88,6 +101,8 @@ class InferenceProxy:
                 done = await self.gateway.complete(caller, target, path, body, started=started)
             except UpstreamError:
                 return _unreachable(target)
+            if citations and done.status < 400:
+                return _with_citations(done.content, citations)
             return _relay_json(done.status, done.content)
         meter = self.gateway.meter(caller, target, path, stream=True, started=started)
         try:
@@ -106,14 +121,33 @@ class InferenceProxy:
             meter.finish(caller_status(upstream.status), "error")
             return _relay_json(upstream.status, content)
         return StreamingResponse(
-            self._relay_stream(upstream, meter, wants_usage),
+            self._relay_stream(upstream, meter, wants_usage, citations),
             status_code=upstream.status,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    async def _retrieve(self, target: Target, body: dict[str, Any]) -> list[Citation]:
+        """Put sources from attached knowledge bases into `body`; their citations."""
+        enabled, top_k = _retrieval_options(body.pop("retrieval", None))
+        messages = body.get("messages")
+        if not enabled or not isinstance(messages, list):
+            return []
+        if not all(isinstance(m, dict) for m in messages):
+            return []  # vLLM words the error
+        passages = await retrieve_for_instance(
+            self.rt, target.workspace_id, target.instance_id, latest_user_turn(messages), top_k
+        )
+        if passages:
+            body["messages"] = with_sources(messages, passages)
+        return citations_of(passages)
+
     async def _relay_stream(
-        self, upstream: UpstreamResponse, meter: Meter, wants_usage: bool
+        self,
+        upstream: UpstreamResponse,
+        meter: Meter,
+        wants_usage: bool,
+        citations: list[Citation] | None = None,
     ) -> AsyncIterator[bytes]:
         outcome = "client_closed"
         pending = b""
@@ -124,6 +158,8 @@ class InferenceProxy:
                 pending = events.pop()
                 out = []
                 for event in events:
+                    if citations and event.startswith(b"data: {"):
+                        event, citations = _event_with_citations(event, citations), None
                     if event.startswith(b"data: [DONE]"):
                         outcome = "ok"  # the caller may hang up as soon as it has this
                     if meter.observe_event(event) or wants_usage:
@@ -150,6 +186,52 @@ class InferenceProxy:
             upstream.close()
             # Headers went out as 200; the outcome says how the stream ended.
             meter.finish(200, outcome)
+
+
+def _retrieval_options(value: object) -> tuple[bool, int]:
+    """(enabled, top_k) from the request's `retrieval` field."""
+    if value is None or value is True:
+        return True, 5
+    if value is False:
+        return False, 5
+    if isinstance(value, dict) and set(value) <= {"enabled", "top_k"}:
+        enabled, top_k = value.get("enabled", True), value.get("top_k", 5)
+        if (
+            isinstance(enabled, bool)
+            and isinstance(top_k, int)
+            and not isinstance(top_k, bool)
+            and 1 <= top_k <= MAX_TOP_K
+        ):
+            return enabled, top_k
+    raise InvalidArgument(
+        f'retrieval must be false, or {{"enabled": true|false, "top_k": 1-{MAX_TOP_K}}}',
+        param="retrieval",
+    )
+
+
+def _citations_json(citations: list[Citation]) -> list[dict[str, Any]]:
+    return [c.model_dump(mode="json") for c in citations]
+
+
+def _with_citations(content: bytes, citations: list[Citation]) -> Response:
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        return _relay_json(200, content)
+    if isinstance(payload, dict):
+        payload["citations"] = _citations_json(citations)
+    return Response(json.dumps(payload).encode(), media_type="application/json")
+
+
+def _event_with_citations(event: bytes, citations: list[Citation]) -> bytes:
+    try:
+        payload = json.loads(event.removeprefix(b"data: "))
+    except ValueError:
+        return event
+    if not isinstance(payload, dict):
+        return event
+    payload["citations"] = _citations_json(citations)
+    return b"data: " + json.dumps(payload).encode()
 
 
 def _relay_json(status: int, content: bytes) -> Response:

@@ -75,3 +75,28 @@ def provision_request(
     }
     assert set(fields) <= set(ProvisionRequest.model_fields)
     return fields
+
+
+KnowledgeBaseId = Annotated[
+    str,
+    Field(
+        description="Knowledge base id (kb_...), as returned by create_knowledge_base or "
+        "list_knowledge_bases",
+        pattern=r"^kb_[A-Za-z0-9]{1,40}$",
+        strict=True,
+    ),
+]
+
+DocumentId = Annotated[
+    str,
+    Field(
+        description="Document id (doc_...), as returned by add_documents or list_documents",
+        pattern=r"^doc_[A-Za-z0-9]{1,40}$",
+        strict=True,
+    ),
+]
+
+TopK = Annotated[
+    int,
+    Field(description="How many passages to retrieve (1-20)", ge=1, le=20, strict=True),
+]

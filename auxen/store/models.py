@@ -287,3 +287,60 @@ class OAuthConsent(TenantScoped, SQLModel, table=True):
     scopes: str = Field(max_length=500)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class KnowledgeBase(TenantScoped, SQLModel, table=True):
+    """A knowledge base: its name and how its chunks were made. The chunks themselves
+    (text and embeddings) live in the vector store, one table per knowledge base."""
+
+    __tablename__ = "knowledge_base"
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "livemode", "name"),)
+
+    id: str = Field(default_factory=lambda: new_id("kb"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    livemode: bool
+    name: str = Field(max_length=200)
+    embedding_model: str = Field(max_length=200)
+    chunk_tokens: int
+    chunk_overlap_tokens: int
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class DocumentStatus(enum.StrEnum):
+    INGESTING = "ingesting"
+    READY = "ready"
+
+
+class KbDocument(TenantScoped, SQLModel, table=True):
+    """One document of a knowledge base: title, type, size and a keyed hash of its
+    bytes (idempotent uploads), never its text."""
+
+    __tablename__ = "kb_document"
+    __table_args__ = (sa.UniqueConstraint("knowledge_base_id", "content_hash"),)
+
+    id: str = Field(default_factory=lambda: new_id("doc"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    knowledge_base_id: str = Field(foreign_key="knowledge_base.id", index=True, max_length=32)
+    title: str = Field(max_length=300)
+    content_type: str = Field(max_length=64)
+    # keyed BLAKE2b (per-workspace key) of the uploaded bytes: equal uploads match, and
+    # the hash cannot be used to confirm a guess about a document's text.
+    content_hash: str = Field(max_length=64)
+    byte_size: int
+    chunk_count: int = 0
+    status: DocumentStatus = Field(sa_column=sa.Column(EnumText(DocumentStatus), nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class KbAttachment(TenantScoped, SQLModel, table=True):
+    """A knowledge base an instance retrieves from. Deleted on detach, and when the
+    instance is destroyed or fails."""
+
+    __tablename__ = "kb_attachment"
+    __table_args__ = (sa.UniqueConstraint("instance_id", "knowledge_base_id"),)
+
+    id: str = Field(default_factory=lambda: new_id("att"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    instance_id: str = Field(foreign_key="instance.id", index=True, max_length=32)
+    knowledge_base_id: str = Field(foreign_key="knowledge_base.id", index=True, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

@@ -1,5 +1,8 @@
 """Asking an instance one question: chat messages or a plain prompt in, the answer and
-its token counts out. The text lives only in memory for the length of the call."""
+its token counts out. The text lives only in memory for the length of the call.
+
+When knowledge bases are attached to the instance, the passages that best match the
+latest user turn go to the model as numbered sources, and the result cites them."""
 
 from __future__ import annotations
 
@@ -11,9 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from auxen.inference.gateway import upstream_error
 from auxen.inference.upstream import UpstreamError
+from auxen.kb.retrieval import sources_block
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
 from auxen.tools.errors import InvalidArgument, TooLarge, Unavailable
+from auxen.tools.kb import MAX_TOP_K, retrieve_for_instance
+from auxen.tools.views import Citation, Passage
 
 MAX_TOKENS = 8192
 
@@ -39,6 +45,8 @@ class QueryRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: list[StopSequence] | None = Field(default=None, min_length=1, max_length=4)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    retrieval: bool = True
+    top_k: int = Field(default=5, ge=1, le=MAX_TOP_K)
 
     @model_validator(mode="after")
     def _one_input(self) -> QueryRequest:
@@ -65,6 +73,46 @@ class QueryResult(BaseModel):
     finish_reason: str | None = Field(description="stop, or length when max_tokens cut it off")
     usage: TokenUsage
     latency_ms: float
+    citations: list[Citation] = Field(
+        description="The numbered sources the model was given from attached knowledge "
+        "bases ([n] in the answer refers to source n); empty without retrieval"
+    )
+
+
+def latest_user_turn(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message (string content, or OpenAI text parts)."""
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return " ".join(
+                str(part.get("text", ""))
+                for part in content
+                if isinstance(part, dict) and part.get("type") == "text"
+            )
+        return ""
+    return ""
+
+
+def with_sources(messages: list[dict[str, Any]], passages: list[Passage]) -> list[dict[str, Any]]:
+    """The conversation with the sources in its system message (added if it has none:
+    some chat templates accept only one system message, and only first)."""
+    block = sources_block([(p.source, p.title, p.text) for p in passages])
+    if (
+        messages
+        and messages[0].get("role") == "system"
+        and isinstance(messages[0].get("content"), str)
+    ):
+        first = {**messages[0], "content": f"{messages[0]['content']}\n\n{block}"}
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": block}, *messages]
+
+
+def citations_of(passages: list[Passage]) -> list[Citation]:
+    return [Citation.model_validate(p.model_dump(exclude={"text"})) for p in passages]
 
 
 async def query_instance(rt: Runtime, caller: Caller, req: QueryRequest) -> QueryResult:
@@ -75,12 +123,20 @@ async def query_instance(rt: Runtime, caller: Caller, req: QueryRequest) -> Quer
         )
     target = await rt.gateway.authorize(caller, req.instance_id)
     body: dict[str, Any] = {"model": target.model, "max_tokens": req.max_tokens}
-    if req.messages is not None:
+    messages = [m.model_dump() for m in req.messages] if req.messages is not None else None
+    passages: list[Passage] = []
+    if req.retrieval:
+        turn = latest_user_turn(messages) if messages is not None else req.prompt or ""
+        passages = await retrieve_for_instance(
+            rt, target.workspace_id, target.instance_id, turn, req.top_k
+        )
+    if messages is not None:
         path = "chat/completions"
-        body["messages"] = [m.model_dump() for m in req.messages]
+        body["messages"] = with_sources(messages, passages) if passages else messages
     else:
         path = "completions"
-        body["prompt"] = req.prompt
+        block = sources_block([(p.source, p.title, p.text) for p in passages])
+        body["prompt"] = f"{block}\n\n{req.prompt}" if passages else req.prompt
     for name in ("temperature", "top_p", "stop", "seed"):
         value = getattr(req, name)
         if value is not None:
@@ -121,6 +177,7 @@ async def query_instance(rt: Runtime, caller: Caller, req: QueryRequest) -> Quer
             total_tokens=prompt_tokens + completion_tokens,
         ),
         latency_ms=latency_ms,
+        citations=citations_of(passages),
     )
 
 

@@ -108,3 +108,51 @@ def key_view(key: ApiKey) -> dict[str, Any]:
         "last_used_at": _iso(key.last_used_at),
         "revoked_at": _iso(key.revoked_at),
     }
+
+
+class KnowledgeBaseView(BaseModel):
+    id: str = Field(description="Knowledge base id (kb_...)")
+    object: Literal["knowledge_base"] = "knowledge_base"
+    livemode: bool
+    name: str
+    embedding_model: str = Field(description="The model its chunks were embedded with")
+    chunk_tokens: int = Field(description="Chunk size, in the embedding model's tokens")
+    documents: int = Field(description="Documents it holds")
+    chunks: int = Field(description="Chunks its documents were split into")
+    created_at: str | None
+
+
+class DocumentView(BaseModel):
+    id: str = Field(description="Document id (doc_...)")
+    object: Literal["document"] = "document"
+    knowledge_base_id: str
+    title: str
+    content_type: str
+    bytes: int = Field(description="Size of the uploaded document")
+    chunks: int
+    status: str = Field(description="ingesting, then ready")
+    created_at: str | None
+
+
+class AttachmentView(BaseModel):
+    object: Literal["attachment"] = "attachment"
+    instance_id: str
+    knowledge_base_id: str
+    attached: bool = Field(description="False once detached")
+    created_at: str | None
+
+
+class Citation(BaseModel):
+    """Where one numbered source given to the model came from."""
+
+    source: int = Field(description="The number [n] the model was given this passage under")
+    knowledge_base_id: str
+    document_id: str
+    title: str
+    chunk: int = Field(description="The chunk's position in its document, from 0")
+    score: float = Field(description="Reciprocal-rank-fusion score of the hybrid search")
+    similarity: float | None = Field(description="Cosine similarity to the query, if ranked")
+
+
+class Passage(Citation):
+    text: str = Field(description="The chunk's text")

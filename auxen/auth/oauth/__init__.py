@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 SCOPES = ("instances:read", "instances:write", "inference", "kb", "billing")
-DEFAULT_SCOPES = ("instances:read", "instances:write", "inference")
+DEFAULT_SCOPES = ("instances:read", "instances:write", "inference", "kb")
 SCOPE_DESCRIPTIONS = {
     "instances:read": "see your instances, models and usage",
     "instances:write": "provision and destroy instances (which costs money)",

@@ -6,7 +6,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import Field
 
-from auxen.mcp_server.args import InstanceId
+from auxen.mcp_server.args import InstanceId, TopK
 from auxen.mcp_server.server import ACTS, ToolEnv, scope
 from auxen.tools import query
 from auxen.tools.query import MAX_TOKENS, ChatMessage, QueryRequest, QueryResult
@@ -41,6 +41,14 @@ Stop = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=200, strict=True)]] | None,
     Field(description="Up to 4 sequences that end the answer", min_length=1, max_length=4),
 ]
+Retrieval = Annotated[
+    bool,
+    Field(
+        description="Retrieve passages from the instance's attached knowledge bases for "
+        "the latest user turn (on by default; no effect without attached ones)",
+        strict=True,
+    ),
+]
 Seed = Annotated[
     int | None, Field(description="Seed for repeatable sampling", ge=0, le=2**31 - 1, strict=True)
 ]
@@ -57,6 +65,8 @@ def tools(env: ToolEnv) -> list[Tool]:
         top_p: TopP = None,
         stop: Stop = None,
         seed: Seed = None,
+        retrieval: Retrieval = True,
+        top_k: TopK = 5,
     ) -> QueryResult:
         req = env.parse(
             QueryRequest,
@@ -69,6 +79,8 @@ def tools(env: ToolEnv) -> list[Tool]:
                 "top_p": top_p,
                 "stop": stop,
                 "seed": seed,
+                "retrieval": retrieval,
+                "top_k": top_k,
             },
         )
         return await env.call(ctx, query.query_instance, req)
@@ -80,7 +92,9 @@ def tools(env: ToolEnv) -> list[Tool]:
             title="Query an instance",
             description="Send chat messages (or a plain prompt) to a ready instance's "
             "model and get its answer with token usage. The instance must be in state "
-            "ready (see get_instance). Prompts and answers are not stored.",
+            "ready (see get_instance). With knowledge bases attached, the best passages "
+            "go to the model as numbered sources and `citations` says where each came "
+            "from (retrieval=false turns this off). Prompts and answers are not stored.",
             annotations=ACTS,
         )
     ]
