@@ -265,7 +265,7 @@ def test_endpoint_requires_a_valid_key(world: World) -> None:
     assert f'resource_metadata="{world.server.url}/.well-known/oauth-protected-resource/mcp"' in (
         challenge
     )
-    assert 'scope="instances:read instances:write inference"' in challenge
+    assert 'scope="instances:read instances:write inference kb"' in challenge
     for bad in ("nope", world.key[:-1] + ("A" if world.key[-1] != "A" else "B")):
         wrong = httpx2.post(url, json=body, headers={**headers, "Authorization": f"Bearer {bad}"})
         assert wrong.status_code == 401, wrong.text
