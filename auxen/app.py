@@ -18,6 +18,7 @@ from auxen.auth.oauth.routes import AuthorizationServer
 from auxen.config import Settings
 from auxen.inference.proxy import InferenceProxy
 from auxen.mcp_server.http import McpEndpoint
+from auxen.rest.billing import BillingApi
 from auxen.rest.errors import auxen_error, http_error, unexpected_error
 from auxen.rest.handlers import RestApi
 from auxen.rest.knowledge import KnowledgeApi
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     account = AccountPages(pages, consent.consents)
     authorization = AuthorizationServer(oauth, rt.settings.base_url)
     rest = RestApi(rt)
+    money = BillingApi(rt)
     kb = KnowledgeApi(rt)
 
     async def health(request: Request) -> Response:
@@ -61,6 +63,11 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/v1/keys", rest.list_keys, methods=["GET"]),
         Route("/v1/keys/{id}", rest.revoke_key, methods=["DELETE"]),
         Route("/v1/usage", rest.usage, methods=["GET"]),
+        # Money: balance and caps, buying credits, and Stripe's signed webhook (no key).
+        Route("/v1/balance", money.balance, methods=["GET"]),
+        Route("/v1/caps", money.set_cap, methods=["POST"]),
+        Route("/v1/credits/checkout", money.checkout, methods=["POST"]),
+        Route("/v1/stripe/webhook", money.stripe_webhook, methods=["POST"]),
         # Knowledge bases, their documents, and the instances that retrieve from them.
         Route("/v1/knowledge-bases", kb.create, methods=["POST"]),
         Route("/v1/knowledge-bases", kb.list_all, methods=["GET"]),

@@ -63,8 +63,26 @@ class Settings(BaseSettings):
     oauth_idle_client_ttl_s: int = Field(default=90 * 24 * 3600, ge=1)
     oauth_registrations_per_hour: int = Field(default=30, ge=1)
 
+    # Billing. GPU time is reserved and charged one window (tick) at a time; instances are
+    # destroyed after this long without a query unless they ask otherwise; a per-token
+    # query without max_tokens is reserved (and capped) at this many.
+    prices_file: Path | None = None
+    billing_tick_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    default_idle_timeout_s: int = Field(default=3600, ge=60)
+    default_max_tokens: int = Field(default=512, ge=1, le=32768)
+    # A per-token hold still open this long belongs to a call that died: released.
+    billing_stale_hold_s: float = Field(default=900.0, ge=1.0)
+    # Stripe (credits). Live and test-mode keys; the API base is for a local stand-in.
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_test_secret_key: SecretStr | None = None
+    stripe_test_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
+
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    # The shortest TTL or idle timeout an instance may ask for.
+    min_lifetime_s: int = Field(default=60, ge=1)
     default_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     reconcile_interval_s: float = Field(default=15.0, gt=0)
     usage_flush_interval_s: float = Field(default=0.2, gt=0)

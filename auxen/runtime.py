@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from auxen.auth.authenticate import KeyAuthenticator
+from auxen.billing.catalog import PriceBook, load_prices
+from auxen.billing.ledger import Ledger
+from auxen.billing.meter import GpuMeter
+from auxen.billing.stripe_payments import StripePayments
 from auxen.config import Settings
 from auxen.inference.gateway import InferenceGateway
 from auxen.inference.lifecycle import InstanceManager
@@ -25,6 +29,10 @@ class Runtime:
     usage: UsageRecorder
     gateway: InferenceGateway
     kb: KnowledgeEngine
+    prices: PriceBook
+    ledger: Ledger
+    meter: GpuMeter
+    payments: StripePayments
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -34,7 +42,9 @@ class Runtime:
         provider = build_provider(settings)
         auth = KeyAuthenticator(db)
         usage = UsageRecorder(db, settings.usage_flush_interval_s)
-        gateway = InferenceGateway(db, settings, usage)
+        prices = load_prices(settings.prices_file)
+        ledger = Ledger(db)
+        gateway = InferenceGateway(db, settings, usage, ledger, prices.shared_small)
         kb = KnowledgeEngine(settings)
 
         def forget_instance(instance_id: str) -> None:
@@ -43,17 +53,29 @@ class Runtime:
             kb.forget_attachments(instance_id)
 
         manager = InstanceManager(db, provider, settings, on_change=forget_instance)
-        return cls(settings, db, provider, manager, auth, usage, gateway, kb)
+        meter = GpuMeter(
+            db, ledger, prices, settings.billing_tick_s, destroy=manager.destroy,
+            stale_hold_s=settings.billing_stale_hold_s,
+        )  # fmt: skip
+        payments = StripePayments(db, ledger, settings)
+        return cls(
+            settings, db, provider, manager, auth, usage, gateway, kb, prices, ledger, meter,
+            payments,
+        )  # fmt: skip
 
     async def start(self, *, background: bool = True) -> None:
         await self.db.migrate()
         await self.instances.reconcile()
+        await self.meter.run_once()  # settle what a crash left reserved
         if background:
             self.instances.start_reconciler()
+            self.meter.start()
             self.usage.start()
 
     async def close(self) -> None:
+        await self.meter.close()
         await self.instances.close()
+        await self.gateway.settled()
         await self.gateway.close()
         await self.usage.close()
         await self.auth.close()

@@ -129,6 +129,9 @@ async def test_agent_over_streamable_http(world: World) -> None:
             "detach_knowledge_base",
             "list_attachments",
             "search_knowledge_base",
+            "get_balance",
+            "set_spending_cap",
+            "buy_credits",
         }
         for tool in listed.tools:
             assert tool.description and tool.output_schema and tool.annotations

@@ -1,11 +1,24 @@
 """The price catalog: which GPU types and tiers exist, who offers them, and at what price.
 
-Prices are integer micro-dollars per hour (1 USD = 1_000_000), never floats.
+Prices are integers, never floats: micro-dollars per hour (1 USD = 1_000_000) for GPU
+time, micro-dollars per million tokens for the per-token `shared-small` tier. A deployment
+sets its own prices in a TOML file (`AUXEN_PRICES_FILE`):
+
+    [gpu.L4]
+    hourly_usd = "0.80"
+    [shared_small]
+    input_usd_per_million = "0.10"
+    output_usd_per_million = "0.40"
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import tomllib
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 TIERS = ("dedicated", "shared-small")
 OFFERED_TIERS = ("dedicated",)
@@ -62,3 +75,81 @@ def fits(model: ModelSpec, gpu: GpuType) -> bool:
 
 def gpu_types_for(provider: str) -> list[GpuType]:
     return [g for g in GPU_TYPES.values() if provider in g.providers]
+
+
+# The shared-small tier: a logical instance on a server shared with other workspaces,
+# billed per token instead of per hour.
+SHARED_SMALL_LABEL = (
+    "shared-small: per-token billing on a shared server (no hourly charge; about a tenth "
+    "of the cost of a dedicated L4 below ~2M tokens a day)"
+)
+
+
+@dataclass(frozen=True)
+class TokenPrices:
+    input_micros_per_million: int
+    output_micros_per_million: int
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """Micro-dollars for these tokens, rounded up (never a free fraction)."""
+        total = (
+            prompt_tokens * self.input_micros_per_million
+            + completion_tokens * self.output_micros_per_million
+        )
+        return math.ceil(total / 1_000_000)
+
+
+class PriceFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PriceBook:
+    gpu_types: dict[str, GpuType]
+    shared_small: TokenPrices
+
+    def offered(self, provider: str) -> list[GpuType]:
+        return [g for g in self.gpu_types.values() if provider in g.providers]
+
+    def window_cost(self, gpu_type: str, seconds: float) -> int:
+        """What `seconds` of a GPU type cost, rounded up to a whole micro-dollar."""
+        return math.ceil(self.gpu_types[gpu_type].hourly_price_micros * seconds / 3600)
+
+
+DEFAULT_SHARED_SMALL = TokenPrices(
+    input_micros_per_million=100_000, output_micros_per_million=400_000
+)
+
+
+def load_prices(path: Path | None) -> PriceBook:
+    """The default catalog with the deployment's prices from `path` applied."""
+    gpus = dict(GPU_TYPES)
+    shared = DEFAULT_SHARED_SMALL
+    if path is None:
+        return PriceBook(gpus, shared)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PriceFileError(f"cannot read prices from {path}: {exc}") from exc
+    for gpu_id, entry in (data.get("gpu") or {}).items():
+        if gpu_id not in gpus:
+            raise PriceFileError(f"{path}: unknown GPU type {gpu_id!r}")
+        hourly = _usd_micros(entry.get("hourly_usd"), f"gpu.{gpu_id}.hourly_usd")
+        gpus[gpu_id] = dataclasses.replace(gpus[gpu_id], hourly_price_micros=hourly)
+    if "shared_small" in data:
+        entry = data["shared_small"]
+        shared = TokenPrices(
+            _usd_micros(entry.get("input_usd_per_million"), "shared_small.input_usd_per_million"),
+            _usd_micros(entry.get("output_usd_per_million"), "shared_small.output_usd_per_million"),
+        )
+    return PriceBook(gpus, shared)
+
+
+def _usd_micros(value: object, name: str) -> int:
+    try:
+        usd = Decimal(str(value))
+    except InvalidOperation:
+        raise PriceFileError(f'{name} must be a price in dollars like "0.80"') from None
+    if not usd.is_finite() or usd < 0 or usd > 10_000:
+        raise PriceFileError(f"{name} must be between 0 and 10000 dollars")
+    return int(usd * 1_000_000)

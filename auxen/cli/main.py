@@ -161,6 +161,56 @@ def init(
     out.print("\nexport AUXEN_API_KEY=<the key above>", highlight=False)
 
 
+credits_app = typer.Typer(help="Credits (operators).", no_args_is_help=True)
+app.add_typer(credits_app, name="credits")
+
+
+@credits_app.command("grant")
+def credits_grant(
+    workspace: Annotated[str, typer.Option(help="Workspace id (ws_...)")],
+    usd: Annotated[str, typer.Option(help="Dollars to grant, e.g. 25 or 2.50")],
+    reference: Annotated[
+        str, typer.Option(help="Unique reference; granting twice with it grants once")
+    ],
+    test: Annotated[bool, typer.Option("--test", help="Test-mode credits")] = False,
+) -> None:
+    """Give a workspace credits without a payment (support, trials), straight into the
+    ledger on this server's database."""
+    from decimal import Decimal, InvalidOperation
+
+    from auxen.runtime import Runtime
+    from auxen.store.models import LedgerKind
+
+    try:
+        micros = int(Decimal(usd) * 1_000_000)
+    except InvalidOperation:
+        micros = 0
+    if not 0 < micros <= 1_000_000 * 1_000_000:
+        err.print("[red]error:[/] --usd must be a positive amount of dollars")
+        raise typer.Exit(2)
+
+    async def run() -> bool:
+        rt = Runtime.build(Settings())
+        try:
+            await rt.db.migrate()
+            return await rt.ledger.credit(
+                workspace, not test, micros, kind=LedgerKind.GRANT, reference=reference,
+                note="granted by an operator",
+            )  # fmt: skip
+        finally:
+            await rt.db.close()
+
+    try:
+        granted = asyncio.run(run())
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    except Exception as exc:  # an unknown workspace breaks the foreign key
+        err.print(f"[red]error:[/] could not grant: {type(exc).__name__}")
+        raise typer.Exit(1) from None
+    out.print("granted" if granted else f"already granted with reference {reference}")
+
+
 @app.command()
 def migrate() -> None:
     """Bring the database schema up to date."""

@@ -8,13 +8,18 @@ counts and timings, never text.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from auxen.auth.sealing import unseal
+from auxen.billing.catalog import TokenPrices
+from auxen.billing.ledger import Ledger, Spend
+from auxen.billing.meter import TOKENS
 from auxen.config import Settings
 from auxen.inference.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from auxen.inference.usage import UsageRecorder
@@ -24,6 +29,7 @@ from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, NotFound, PermissionDenied
 
 TARGET_TTL_S = 5.0
+PER_TOKEN_TIER = "shared-small"
 # A delta or completion chunk carrying text; and a chunk carrying a usage object.
 _NON_EMPTY_TEXT = re.compile(rb'"(?:content|text)":\s*"(?!")')
 _USAGE_OBJECT = re.compile(rb'"usage":\s*\{')
@@ -38,6 +44,13 @@ class Target:
     state: InstanceState
     base_url: str | None
     api_key: str | None
+    tier: str = "dedicated"
+    client_id: str | None = None
+
+    @property
+    def per_token(self) -> bool:
+        """Billed per token (the shared-small tier), not per hour of GPU time."""
+        return self.tier == PER_TOKEN_TIER
 
     @property
     def headers(self) -> dict[str, str]:
@@ -54,12 +67,22 @@ class Completion:
 
 
 class InferenceGateway:
-    def __init__(self, db: Database, settings: Settings, usage: UsageRecorder) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        usage: UsageRecorder,
+        ledger: Ledger,
+        token_prices: TokenPrices,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.usage = usage
+        self.ledger = ledger
+        self.token_prices = token_prices
         self.upstream = UpstreamPool()
         self._targets: dict[str, tuple[Target, float]] = {}
+        self._settling: set[asyncio.Task[int]] = set()
 
     def forget(self, instance_id: str) -> None:
         cached = self._targets.pop(instance_id, None)
@@ -84,6 +107,7 @@ class InferenceGateway:
             livemode=instance.livemode,
             model=instance.model,
             state=instance.state,
+            tier=instance.tier,
             base_url=instance.upstream_url,
             api_key=unseal(
                 self.settings.master_key_bytes,
@@ -121,6 +145,22 @@ class InferenceGateway:
             )
         return target
 
+    async def reserve(self, caller: Caller, target: Target, body: dict[str, Any]) -> str | None:
+        """For a per-token instance, reserve the most this request can cost before it is
+        sent (raises OverBudget): its prompt, bounded by its size in bytes (a token is at
+        least one byte of text), and its `max_tokens`, which is set to the default when
+        absent so the bound holds. None for instances billed by the hour."""
+        if not target.per_token:
+            return None
+        limit = body.get("max_tokens")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            body["max_tokens"] = limit = self.settings.default_max_tokens
+        prompt_bound = len(json.dumps(body.get("messages", body.get("prompt", ""))).encode())
+        spend = Spend(
+            target.workspace_id, target.livemode, target.instance_id, TOKENS, caller.client_id
+        )
+        return await self.ledger.reserve(spend, self.token_prices.cost(prompt_bound, limit))
+
     def meter(
         self,
         caller: Caller,
@@ -129,9 +169,26 @@ class InferenceGateway:
         *,
         stream: bool,
         started: float | None = None,
+        hold: str | None = None,
     ) -> Meter:
-        """A meter for one call; `started` (a perf_counter reading) defaults to now."""
-        return Meter(self.usage, caller, target, endpoint, stream, started or time.perf_counter())
+        """A meter for one call; `started` (a perf_counter reading) defaults to now;
+        `hold`, the call's reservation, is settled to what it generated when it ends."""
+        return Meter(
+            self.usage, caller, target, endpoint, stream, started or time.perf_counter(),
+            on_finish=self._settle if hold else None, hold=hold,
+        )  # fmt: skip
+
+    def _settle(self, meter: Meter) -> None:
+        """Charge a finished per-token call (off the response path; a crash before this
+        leaves the hold open, and the meter releases stale holds)."""
+        cost = self.token_prices.cost(meter.prompt_tokens, meter.completion_total)
+        task = asyncio.get_running_loop().create_task(self.ledger.settle(meter.hold, cost))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def settled(self) -> None:
+        """Wait for charges still being written (tests, shutdown)."""
+        await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def send(self, target: Target, path: str, body: dict[str, Any]) -> UpstreamResponse:
         """POST `body` to the instance's `/v1/{path}`; the caller reads or streams it."""
@@ -152,8 +209,10 @@ class InferenceGateway:
         started: float | None = None,
     ) -> Completion:
         """Send one non-streamed request upstream and meter it; raises UpstreamError
-        (already metered) when the instance cannot be reached."""
-        meter = self.meter(caller, target, path, stream=False, started=started)
+        (already metered) when the instance cannot be reached, OverBudget when a
+        per-token instance's request cannot be paid for."""
+        hold = await self.reserve(caller, target, body)
+        meter = self.meter(caller, target, path, stream=False, started=started, hold=hold)
         try:
             upstream = await self.send(target, path, body)
         except UpstreamError:
@@ -183,8 +242,13 @@ class Meter:
         endpoint: str,
         stream: bool,
         started: float,
+        *,
+        on_finish: Callable[[Meter], None] | None = None,
+        hold: str | None = None,
     ) -> None:
         self.usage = usage
+        self.on_finish = on_finish
+        self.hold = hold
         self.caller = caller
         self.target = target
         self.endpoint = endpoint
@@ -223,11 +287,19 @@ class Meter:
         self.take_usage(usage)
         return bool(payload.get("choices"))
 
+    @property
+    def completion_total(self) -> int:
+        """Completion tokens: as counted upstream, else one per content chunk seen (a
+        stream cut short never sends its usage)."""
+        return self.completion_tokens if self.saw_usage else self.content_chunks
+
     def finish(self, status_code: int, outcome: str) -> None:
         if self.done:
             return
         self.done = True
-        completion = self.completion_tokens if self.saw_usage else self.content_chunks
+        completion = self.completion_total
+        if self.on_finish is not None:
+            self.on_finish(self)
         self.usage.record(
             workspace_id=self.target.workspace_id,
             instance_id=self.target.instance_id,

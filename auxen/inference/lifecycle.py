@@ -280,6 +280,10 @@ class InstanceManager:
                 await self.destroy(instance.id, instance.destroy_reason or "requested")
             elif as_utc(instance.expires_at) <= now:
                 await self.destroy(instance.id, "ttl_expired")
+            elif instance.state is S.READY and _idle_for(instance, now) > (
+                instance.idle_timeout_s or float("inf")
+            ):
+                await self.destroy(instance.id, "idle_timeout")
             elif young and instance.state is not S.READY:
                 continue  # another process may be starting it right now; adopt it later
             elif resource is None:
@@ -324,3 +328,9 @@ class InstanceManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._destroys.values(), return_exceptions=True)
         await self._http.aclose()
+
+
+def _idle_for(instance: Instance, now: datetime) -> float:
+    """Seconds since the instance's last query (or since it became ready)."""
+    last = instance.last_query_at or instance.ready_at or instance.created_at
+    return (now - as_utc(last)).total_seconds()

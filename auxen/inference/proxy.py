@@ -104,7 +104,8 @@ class InferenceProxy:
             if citations and done.status < 400:
                 return _with_citations(done.content, citations)
             return _relay_json(done.status, done.content)
-        meter = self.gateway.meter(caller, target, path, stream=True, started=started)
+        hold = await self.gateway.reserve(caller, target, body)
+        meter = self.gateway.meter(caller, target, path, stream=True, started=started, hold=hold)
         try:
             upstream = await self.gateway.send(target, path, body)
         except UpstreamError:

@@ -13,10 +13,11 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
+from sqlmodel import col
 
 from auxen.store.db import Database
 from auxen.store.ids import new_id
-from auxen.store.models import UsageRecord, utcnow
+from auxen.store.models import Instance, UsageRecord, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,21 @@ class UsageRecorder:
             batch, self._buffer = self._buffer, []
             if not batch:
                 return
+            last_query: dict[str, Any] = {}
+            for row in batch:
+                last_query[row["instance_id"]] = max(
+                    row["created_at"], last_query.get(row["instance_id"], row["created_at"])
+                )
             try:
                 async with self.db.engine.begin() as conn:
                     await conn.execute(sa.insert(UsageRecord), batch)
+                    # The idle timeout counts from each instance's last query.
+                    for instance_id, at in last_query.items():
+                        await conn.execute(
+                            sa.update(Instance)
+                            .where(col(Instance.id) == instance_id)
+                            .values(last_query_at=at)
+                        )
             except Exception:
                 log.exception("could not write %d usage records; keeping them", len(batch))
                 self._buffer[:0] = batch

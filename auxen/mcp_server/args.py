@@ -4,6 +4,7 @@ Every argument is strict (no "5" for 5, no "yes" for true): a wrong type is an e
 agent sees, not a guess made on its behalf.
 """
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -63,15 +64,24 @@ def ttl_hours(settings: Settings) -> Any:
 
 
 def provision_request(
-    model: str, gpu_type: str | None, tier: str, ttl_hours: float, idempotency_key: str | None
+    model: str,
+    gpu_type: str | None,
+    tier: str,
+    ttl_hours: float,
+    idempotency_key: str | None,
+    idle_timeout_minutes: float | None = None,
+    spend_cap_usd: float | None = None,
 ) -> dict[str, Any]:
-    """Tool arguments in the shape of `ProvisionRequest` (ttl in seconds)."""
+    """Tool arguments in the shape of `ProvisionRequest` (ttl and idle timeout in
+    seconds, the cap as an exact decimal)."""
     fields: dict[str, Any] = {
         "model": model,
         "gpu_type": gpu_type,
         "tier": tier,
         "ttl": round(ttl_hours * 3600),
         "idempotency_key": idempotency_key,
+        "idle_timeout": None if idle_timeout_minutes is None else round(idle_timeout_minutes * 60),
+        "spend_cap_usd": None if spend_cap_usd is None else Decimal(str(spend_cap_usd)),
     }
     assert set(fields) <= set(ProvisionRequest.model_fields)
     return fields

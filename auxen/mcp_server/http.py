@@ -103,6 +103,8 @@ class McpEndpoint:
             livemode=True,
             key_id=f"oauth:{grant.family_id}",
             scopes=frozenset(grant.scopes),
+            client_id=grant.client_id,
+            user_id=grant.user_id,
         )
 
     def _open_sessions(self, key_id: str, now: float) -> int:

@@ -37,7 +37,9 @@ Auxen runs private LLM inference on dedicated instances (one vLLM server per ins
 single-tenant; prompts and answers are never stored).
 Typical flow: list_models -> quote_instance -> provision_instance (wait=true reports
 progress until ready) -> query_instance -> get_usage -> destroy_instance.
-Instances cost money per hour until destroyed or their TTL ends; destroy them when done.
+Instances cost money per hour until destroyed, their TTL ends or they sit idle; destroy
+them when done. Work is paid from credits reserved before it starts: get_balance shows
+what is available and the caps; a budget_exceeded error names the limit in the way.
 Every error names the argument at fault and what to do next."""
 
 SCOPE_META = "auxen/scope"
@@ -74,10 +76,14 @@ class ToolEnv:
         except AuxenError as exc:
             raise ToolError(describe(exc)) from None
 
-    def parse(self, model: type[M], data: dict[str, Any]) -> M:
-        """Validate a request model built from tool arguments; problems become tool errors."""
+    def parse(self, model: type[M], data: dict[str, Any], keep_null: tuple[str, ...] = ()) -> M:
+        """Validate a request model built from tool arguments; problems become tool errors.
+        Omitted (null) arguments take the model's defaults, except those in `keep_null`,
+        where null means something (removing a cap)."""
         try:
-            return parse_model(model, {k: v for k, v in data.items() if v is not None})
+            return parse_model(
+                model, {k: v for k, v in data.items() if v is not None or k in keep_null}
+            )
         except AuxenError as exc:
             raise ToolError(describe(exc)) from None
 

@@ -74,6 +74,24 @@ class Database:
         self._sessions = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False
         )
+        self._locking_engine: AsyncEngine | None = None
+
+    @property
+    def locking_engine(self) -> AsyncEngine:
+        """An engine whose transactions hold the database's write lock from their start,
+        for read-check-write work that other processes must not interleave (the credits
+        wallet). On PostgreSQL the plain engine (callers lock rows); on SQLite every
+        transaction begins with BEGIN IMMEDIATE (SQLAlchemy's recipe for aiosqlite)."""
+        if not self.is_sqlite:
+            return self.engine
+        if self._locking_engine is None:
+            engine = create_async_engine(self.url, connect_args={"timeout": 30})
+            event.listen(engine.sync_engine, "connect", _sqlite_immediate)
+            event.listen(
+                engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE")
+            )
+            self._locking_engine = engine
+        return self._locking_engine
 
     @asynccontextmanager
     async def scoped(self, workspace_id: str) -> AsyncIterator[AsyncSession]:
@@ -98,6 +116,8 @@ class Database:
             await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
+        if self._locking_engine is not None:
+            await self._locking_engine.dispose()
         await self.engine.dispose()
 
 
@@ -109,3 +129,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _sqlite_immediate(dbapi_connection: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_connection, record)
+    dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own

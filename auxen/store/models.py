@@ -84,6 +84,9 @@ class TenantScoped:
 class Workspace(SQLModel, table=True):
     id: str = Field(default_factory=lambda: new_id("ws"), primary_key=True, max_length=32)
     name: str = Field(max_length=200)
+    # The workspace's Stripe customers (live and test mode), made at its first purchase.
+    stripe_customer_id: str | None = Field(default=None, max_length=255)
+    stripe_test_customer_id: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
@@ -191,6 +194,11 @@ class Instance(TenantScoped, SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, max_length=200)
     last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     destroy_reason: str | None = Field(default=None, max_length=64)
+    # Destroyed after this long without a query (None: never for idleness).
+    idle_timeout_s: int | None = None
+    last_query_at: datetime | None = Field(default=None, sa_column=_ts())
+    # The OAuth client that provisioned it, so an agent's budget covers its GPU time.
+    client_id: str | None = Field(default=None, max_length=2000)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     ready_at: datetime | None = Field(default=None, sa_column=_ts())
     stopped_at: datetime | None = Field(default=None, sa_column=_ts())
@@ -344,3 +352,96 @@ class KbAttachment(TenantScoped, SQLModel, table=True):
     instance_id: str = Field(foreign_key="instance.id", index=True, max_length=32)
     knowledge_base_id: str = Field(foreign_key="knowledge_base.id", index=True, max_length=32)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class LedgerKind(enum.StrEnum):
+    """What a ledger row does. balance = purchases + grants - charges - reversals;
+    held = reservations - releases - charges; available = balance - held."""
+
+    PURCHASE = "purchase"  # credits bought (a verified Stripe payment)
+    GRANT = "grant"  # credits given by an operator (`auxen credits grant`)
+    RESERVATION = "reservation"  # money set aside before work starts
+    CHARGE = "charge"  # money spent, out of a reservation
+    RELEASE = "release"  # the unspent rest of a reservation, returned
+    REVERSAL = "reversal"  # a purchase refunded or disputed
+
+
+class LedgerEntry(TenantScoped, SQLModel, table=True):
+    """One movement of money. Rows are only ever inserted; every balance is a sum."""
+
+    __tablename__ = "ledger_entry"
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "kind", "reference"),)
+
+    id: str = Field(default_factory=lambda: new_id("led"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    livemode: bool
+    kind: LedgerKind = Field(sa_column=sa.Column(EnumText(LedgerKind), nullable=False))
+    amount_micros: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    reservation_id: str | None = Field(default=None, index=True, max_length=32)
+    instance_id: str | None = Field(default=None, index=True, max_length=32)
+    client_id: str | None = Field(default=None, max_length=2000)
+    # Makes a credit idempotent (a Stripe checkout session or event id).
+    reference: str | None = Field(default=None, max_length=255)
+    note: str = Field(default="", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
+
+
+class Reservation(TenantScoped, SQLModel, table=True):
+    """Money set aside before work starts: a GPU-time window of an instance, or the most
+    a per-token query can cost. Closed when charged and released."""
+
+    id: str = Field(default_factory=lambda: new_id("rsv"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    livemode: bool
+    purpose: str = Field(max_length=16)  # gpu_time | tokens
+    instance_id: str = Field(index=True, max_length=32)
+    client_id: str | None = Field(default=None, max_length=2000)
+    amount_micros: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    open: bool = Field(default=True, index=True)
+    window_start: datetime | None = Field(default=None, sa_column=_ts())
+    window_end: datetime | None = Field(default=None, sa_column=_ts())
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    closed_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class CapScope(enum.StrEnum):
+    INSTANCE = "instance"  # total spend of one instance
+    MONTHLY = "monthly"  # the workspace's spend per calendar month (UTC)
+    MAX_BURN = "max_burn"  # $/hour of every running instance together
+    CLIENT_MONTHLY = "client_monthly"  # one OAuth client's spend per calendar month
+
+
+class SpendingCap(TenantScoped, SQLModel, table=True):
+    __tablename__ = "spending_cap"
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "livemode", "scope", "subject"),)
+
+    id: str = Field(default_factory=lambda: new_id("cap"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    livemode: bool
+    scope: CapScope = Field(sa_column=sa.Column(EnumText(CapScope), nullable=False))
+    subject: str = Field(default="", max_length=2000)  # instance id or client id
+    amount_micros: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class Alert(TenantScoped, SQLModel, table=True):
+    """Something the owner must hear about (a cap reached, an instance stopped for it)."""
+
+    id: str = Field(default_factory=lambda: new_id("alr"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    livemode: bool
+    kind: str = Field(max_length=64)
+    instance_id: str | None = Field(default=None, max_length=32)
+    message: str = Field(max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
+
+
+class StripeEvent(SQLModel, table=True):
+    """A Stripe webhook event already applied: each is applied once."""
+
+    __tablename__ = "stripe_event"
+
+    id: str = Field(primary_key=True, max_length=255)
+    type: str = Field(max_length=100)
+    workspace_id: str | None = Field(default=None, max_length=32)
+    processed_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

@@ -16,6 +16,8 @@ class Caller:
     key_kind: KeyKind = KeyKind.ACCOUNT
     instance_id: str | None = None  # set for instance keys: the one instance they reach
     scopes: frozenset[str] | None = None  # OAuth grants; None: an API key, every scope
+    client_id: str | None = None  # the OAuth client (agent) acting, for its own budget
+    user_id: str | None = None  # the person an OAuth grant acts for
 
     def require_account(self) -> None:
         if self.key_kind is not KeyKind.ACCOUNT:

@@ -51,6 +51,17 @@ class TooLarge(AuxenError):
     code = "too_large"
 
 
+class OverBudget(AuxenError):
+    """The balance or a spending cap cannot cover what this would cost; `limit` names
+    which (balance, instance, monthly, client_monthly, max_burn)."""
+
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message, param=limit)
+        self.limit = limit
+
+
 class RateLimited(AuxenError):
     """Too many attempts: come back after `retry_after_s` seconds."""
 

@@ -6,6 +6,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,11 +14,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from auxen.auth.sealing import seal
-from auxen.billing.catalog import GPU_TYPES, KNOWN_MODELS, OFFERED_TIERS, TIERS, fits, gpu_types_for
+from auxen.billing.catalog import GPU_TYPES, KNOWN_MODELS, OFFERED_TIERS, TIERS, fits
 from auxen.runtime import Runtime
-from auxen.store.models import ApiKey, Instance, InstanceState, KeyKind
+from auxen.store.models import ApiKey, CapScope, Instance, InstanceState, KeyKind
+from auxen.tools import billing as caps
+from auxen.tools.billing import usd_to_micros
 from auxen.tools.context import Caller
-from auxen.tools.errors import Conflict, InvalidArgument, NotFound
+from auxen.tools.errors import Conflict, InvalidArgument, NotFound, OverBudget
 from auxen.tools.keys import new_key_row
 
 # A Hugging Face repo id (`org/name`, or a bare name).
@@ -45,6 +48,18 @@ class ProvisionRequest(BaseModel):
         max_length=200,
         description="Retrying with the same key returns the same instance",
     )
+    idle_timeout: int | None = Field(
+        default=None, description="Seconds without a query after which it is destroyed"
+    )
+    spend_cap_usd: Decimal | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        decimal_places=6,
+        allow_inf_nan=False,
+        description="Most this instance may ever cost, in dollars; it is destroyed before "
+        "spending more",
+    )
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,7 @@ class Provisioned:
 def validate_request(rt: Runtime, req: ProvisionRequest) -> tuple[str, int]:
     """Check `req` against what this server offers; returns (gpu_type, ttl seconds)."""
     provider = rt.provider.name
-    offered = [g.id for g in gpu_types_for(provider)]
+    offered = [g.id for g in rt.prices.offered(provider)]
     gpu_type = req.gpu_type or offered[0]
     if gpu_type not in offered:
         known = "" if gpu_type in GPU_TYPES else "unknown GPU type; "
@@ -74,9 +89,13 @@ def validate_request(rt: Runtime, req: ProvisionRequest) -> tuple[str, int]:
             param="tier",
         )
     ttl = req.ttl if req.ttl is not None else rt.settings.default_ttl_seconds
-    if not 60 <= ttl <= rt.settings.max_ttl_seconds:
+    shortest, longest = rt.settings.min_lifetime_s, rt.settings.max_ttl_seconds
+    if not shortest <= ttl <= longest:
+        raise InvalidArgument(f"ttl must be between {shortest} and {longest} seconds", param="ttl")
+    if req.idle_timeout is not None and not shortest <= req.idle_timeout <= longest:
         raise InvalidArgument(
-            f"ttl must be between 60 and {rt.settings.max_ttl_seconds} seconds", param="ttl"
+            f"idle_timeout must be between {shortest} and {longest} seconds",
+            param="idle_timeout",
         )
     if req.model.startswith(("/", "./", "../", "~")):
         path = Path(req.model).expanduser()
@@ -91,7 +110,7 @@ def validate_request(rt: Runtime, req: ProvisionRequest) -> tuple[str, int]:
             param="model",
         )
     spec = KNOWN_MODELS.get(req.model)
-    gpu = GPU_TYPES[gpu_type]
+    gpu = rt.prices.gpu_types[gpu_type]
     if spec is not None and not fits(spec, gpu):
         raise InvalidArgument(
             f"{req.model} needs about {spec.min_gpu_memory_gb} GB of GPU memory and "
@@ -118,10 +137,12 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
         tier=req.tier,
         provider=rt.provider.name,
         state=InstanceState.PENDING,
-        hourly_price_micros=GPU_TYPES[gpu_type].hourly_price_micros,
+        hourly_price_micros=rt.prices.gpu_types[gpu_type].hourly_price_micros,
         ttl_seconds=ttl,
         expires_at=now + timedelta(seconds=ttl),
         idempotency_key=req.idempotency_key,
+        idle_timeout_s=req.idle_timeout or rt.settings.default_idle_timeout_s,
+        client_id=caller.client_id,
         created_at=now,
     )
     # The upstream key is sealed and stored before any process exists, so a crash
@@ -129,6 +150,17 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
     instance.upstream_key_sealed = seal(
         rt.settings.master_key_bytes, caller.workspace_id, secrets.token_urlsafe(32)
     )
+    # Money first: the first GPU-time window is reserved (against the balance, the burn
+    # cap and the instance's own cap) before anything exists; refused, nothing is made.
+    if req.spend_cap_usd is not None:
+        await caps.set_cap(
+            rt, caller, CapScope.INSTANCE, usd_to_micros(req.spend_cap_usd), subject=instance.id
+        )
+    try:
+        first_window = await rt.meter.reserve_first_window(instance)
+    except OverBudget:
+        await caps.remove_cap(rt, caller, CapScope.INSTANCE, subject=instance.id)
+        raise
     try:
         async with rt.db.scoped(caller.workspace_id) as session:
             session.add(instance)
@@ -139,6 +171,8 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
             await session.commit()
     except IntegrityError:
         # A concurrent request with the same idempotency key won the race.
+        await rt.ledger.settle(first_window, 0)
+        await caps.remove_cap(rt, caller, CapScope.INSTANCE, subject=instance.id)
         replay = await _replay(rt, caller, req, gpu_type, ttl)
         if replay is None:
             raise

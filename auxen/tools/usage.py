@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from auxen.runtime import Runtime
-from auxen.store.models import Instance, UsageRecord, as_utc
+from auxen.store.models import Instance, LedgerEntry, LedgerKind, UsageRecord, as_utc
 from auxen.tools.context import Caller
 from auxen.tools.errors import InvalidArgument
 from auxen.tools.views import InstanceUsage, UsageSummary, _iso, micros_to_usd
@@ -50,6 +50,15 @@ async def get_usage(
         if since is not None:
             usage_q = usage_q.where(col(UsageRecord.created_at) >= since)
         tokens = {row[0]: row[1:] for row in (await session.exec(usage_q)).all()}
+        charges_q = (
+            select(LedgerEntry.instance_id, sa.func.sum(LedgerEntry.amount_micros))
+            .where(col(LedgerEntry.kind) == LedgerKind.CHARGE.value)
+            .where(col(LedgerEntry.instance_id).in_(list(instances)))
+            .group_by(col(LedgerEntry.instance_id))
+        )
+        if since is not None:
+            charges_q = charges_q.where(col(LedgerEntry.created_at) >= since)
+        charged = {row[0]: int(row[1]) for row in (await session.exec(charges_q)).all()}
     per_instance: list[InstanceUsage] = []
     for inst in instances.values():
         requests, prompt, completion = tokens.get(inst.id, (0, 0, 0))
@@ -70,6 +79,7 @@ async def get_usage(
                 gpu_seconds=round(gpu_seconds, 3),
                 cost_micros=cost,
                 cost_usd=micros_to_usd(cost),
+                charged_micros=charged.get(inst.id, 0),
             )
         )
     total_cost = sum(i.cost_micros for i in per_instance)

@@ -43,7 +43,11 @@ class InstanceView(BaseModel):
     created_at: str | None
     ready_at: str | None
     destroyed_at: str | None
-    destroy_reason: str | None = Field(description="user, ttl, failed, ...")
+    destroy_reason: str | None = Field(
+        description="requested, ttl_expired, idle_timeout, budget_exceeded:<limit>, ..."
+    )
+    idle_timeout_s: int | None = Field(description="Destroyed after this long without a query")
+    last_query_at: str | None
     last_error: str | None = Field(description="Why it failed, when it did")
 
 
@@ -66,6 +70,8 @@ def instance_view(instance: Instance, base_url: str) -> InstanceView:
         ready_at=_iso(instance.ready_at),
         destroyed_at=_iso(instance.destroyed_at),
         destroy_reason=instance.destroy_reason,
+        idle_timeout_s=instance.idle_timeout_s,
+        last_query_at=_iso(instance.last_query_at),
         last_error=instance.last_error,
     )
 
@@ -80,6 +86,7 @@ class InstanceUsage(BaseModel):
     gpu_seconds: float = Field(description="Seconds the instance has existed in the window")
     cost_micros: int = Field(description="GPU time cost in micro-dollars")
     cost_usd: str
+    charged_micros: int = Field(description="What the ledger charged (GPU ticks, tokens)")
 
 
 class UsageSummary(BaseModel):

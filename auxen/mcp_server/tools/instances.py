@@ -55,6 +55,26 @@ Wait = Annotated[
         strict=True,
     ),
 ]
+IdleMinutes = Annotated[
+    float | None,
+    Field(
+        description="Destroy it after this many minutes without a query (default: the "
+        "server's, usually 60)",
+        gt=0,
+        le=7 * 24 * 60,
+        strict=True,
+    ),
+]
+SpendCapUsd = Annotated[
+    float | None,
+    Field(
+        description="The most this instance may ever cost, in dollars; it is destroyed "
+        "before its spend would pass this",
+        ge=0,
+        le=1_000_000,
+        strict=True,
+    ),
+]
 StateFilter = Annotated[InstanceState | None, Field(description="Only instances in this state")]
 Limit = Annotated[
     int, Field(description="At most this many, newest first", ge=1, le=100, strict=True)
@@ -74,11 +94,16 @@ def tools(env: ToolEnv) -> list[Tool]:
         ttl_hours: TtlHours = default_ttl,  # type: ignore[valid-type]
         idempotency_key: IdempotencyKey = None,
         wait: Wait = False,
+        idle_timeout_minutes: IdleMinutes = None,
+        spend_cap_usd: SpendCapUsd = None,
     ) -> ProvisionResult:
         req = env.parse(
             ProvisionRequest,
-            provision_request(model, gpu_type, tier, ttl_hours, idempotency_key),
-        )
+            provision_request(
+                model, gpu_type, tier, ttl_hours, idempotency_key, idle_timeout_minutes,
+                spend_cap_usd,
+            ),
+        )  # fmt: skip
         made = await env.call(ctx, instances.provision_instance, req)
         instance = made.instance
         waited: float | None = None

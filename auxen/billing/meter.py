@@ -1,0 +1,185 @@
+"""GPU time: every billable instance holds a reservation for its current window (one
+tick, `AUXEN_BILLING_TICK_S`) from the moment it is provisioned, and the next window is
+reserved while half the current one is still left. A window is charged when it ends, or
+when the instance stops inside it (a started tick is billed). When the next window cannot
+be reserved (the balance, the instance's cap, the monthly budget or the agent's budget),
+the instance is destroyed while its paid window is still running: GPU time never runs
+past what was reserved. The time a control plane was down is not billed.
+
+The same pass releases per-token holds left open by a call that never finished (the
+process died mid-request): the caller is not charged for an answer it never got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from auxen.billing.alerts import raise_alert
+from auxen.billing.catalog import PriceBook
+from auxen.billing.ledger import Ledger, Spend
+from auxen.store.db import Database
+from auxen.store.models import Instance, Reservation, as_utc
+from auxen.tools.errors import OverBudget
+
+log = logging.getLogger(__name__)
+
+GPU_TIME = "gpu_time"
+TOKENS = "tokens"
+METERED_STATES = ("pending", "provisioning", "starting", "ready")
+# A reservation whose instance row never appeared (a crash between the two) is released
+# after this long.
+ORPHAN_GRACE = timedelta(seconds=120)
+
+Destroy = Callable[[str, str], Awaitable[Any]]
+
+
+class GpuMeter:
+    def __init__(
+        self,
+        db: Database,
+        ledger: Ledger,
+        prices: PriceBook,
+        tick_s: float,
+        destroy: Destroy,
+        stale_hold_s: float = 900.0,
+    ) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.prices = prices
+        self.window = timedelta(seconds=tick_s)
+        self.stale_hold = timedelta(seconds=stale_hold_s)
+        self.destroy = destroy
+        self._task: asyncio.Task[None] | None = None
+
+    def spend(self, instance: Instance) -> Spend:
+        return Spend(
+            instance.workspace_id, instance.livemode, instance.id, GPU_TIME, instance.client_id
+        )
+
+    async def reserve_first_window(self, instance: Instance) -> str | None:
+        """At provisioning, before the instance exists: its first window, with the burn
+        rate it adds checked against the workspace's cap. Raises OverBudget."""
+        now = datetime.now(UTC)
+        return await self.ledger.reserve(
+            self.spend(instance),
+            self.prices.window_cost(instance.gpu_type, self.window.total_seconds()),
+            window=(now, now + self.window),
+            adds_hourly_micros=instance.hourly_price_micros,
+        )
+
+    async def run_once(self) -> None:
+        now = datetime.now(UTC)
+        async with self.db.system() as session:
+            stale = (
+                await session.exec(
+                    select(Reservation.id).where(
+                        col(Reservation.open).is_(True),
+                        col(Reservation.purpose) == TOKENS,
+                        col(Reservation.created_at) < now - self.stale_hold,
+                    )
+                )
+            ).all()
+        for hold in stale:
+            await self.ledger.settle(hold, 0)
+        async with self.db.system() as session:
+            windows = (
+                await session.exec(
+                    select(Reservation).where(
+                        col(Reservation.open).is_(True), col(Reservation.purpose) == GPU_TIME
+                    )
+                )
+            ).all()
+            ids = {w.instance_id for w in windows}
+            metered = (
+                await session.exec(
+                    select(Instance).where(
+                        sa.or_(
+                            col(Instance.id).in_(ids),
+                            sa.and_(
+                                col(Instance.state).in_(METERED_STATES),
+                                col(Instance.hourly_price_micros) > 0,
+                            ),
+                        )
+                    )
+                )
+            ).all()
+            paid = dict(
+                (
+                    await session.exec(
+                        select(Reservation.instance_id, sa.func.max(Reservation.window_end))
+                        .where(col(Reservation.purpose) == GPU_TIME)
+                        .where(col(Reservation.instance_id).in_([i.id for i in metered]))
+                        .group_by(col(Reservation.instance_id))
+                    )
+                ).all()
+            )
+        instances = {i.id: i for i in metered}
+        for window in windows:
+            await self._settle_window(window, instances.get(window.instance_id), now)
+        for instance in metered:
+            if instance.state.value in METERED_STATES and instance.hourly_price_micros > 0:
+                paid_until = paid.get(instance.id)
+                await self._extend(instance, as_utc(paid_until) if paid_until else None, now)
+
+    async def _settle_window(
+        self, window: Reservation, instance: Instance | None, now: datetime
+    ) -> None:
+        assert window.window_start is not None and window.window_end is not None
+        start, end = as_utc(window.window_start), as_utc(window.window_end)
+        if instance is None:
+            if now - as_utc(window.created_at) > ORPHAN_GRACE:
+                await self.ledger.settle(window.id, 0)
+            return
+        if instance.state.is_terminal:
+            stopped = instance.stopped_at or instance.destroyed_at or now
+            used = start < as_utc(stopped)  # a started window is billed in full
+            await self.ledger.settle(window.id, window.amount_micros if used else 0)
+        elif now >= end:
+            await self.ledger.settle(window.id, window.amount_micros)
+
+    async def _extend(self, instance: Instance, paid_until: datetime | None, now: datetime) -> None:
+        if paid_until is not None and paid_until - now > self.window / 2:
+            return
+        start = max(paid_until or now, now)  # downtime of the control plane is not billed
+        try:
+            await self.ledger.reserve(
+                self.spend(instance),
+                self.prices.window_cost(instance.gpu_type, self.window.total_seconds()),
+                window=(start, start + self.window),
+            )
+        except OverBudget as exc:
+            log.warning("stopping %s: %s", instance.id, exc.limit)
+            await raise_alert(
+                self.db,
+                instance.workspace_id,
+                instance.livemode,
+                kind="instance_stopped_budget",
+                instance_id=instance.id,
+                message=f"Instance {instance.id} ({instance.model}) was destroyed before "
+                f"its paid time ran out: {exc.message}",
+            )
+            await self.destroy(instance.id, f"budget_exceeded:{exc.limit}")
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run_forever(), name="gpu meter")
+
+    async def _run_forever(self) -> None:
+        interval = max(0.25, self.window.total_seconds() / 4)
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("metering pass failed; retrying")
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
