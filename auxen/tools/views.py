@@ -45,6 +45,9 @@ class InstanceView(BaseModel):
     destroyed_at: str | None
     destroy_reason: str | None = Field(description="user, ttl, failed, ...")
     last_error: str | None = Field(description="Why it failed, when it did")
+    status_detail: str | None = Field(
+        default=None, description="Where a bring-up stands (image pull, model load, ...)"
+    )
 
 
 def instance_view(instance: Instance, base_url: str) -> InstanceView:
@@ -67,6 +70,7 @@ def instance_view(instance: Instance, base_url: str) -> InstanceView:
         destroyed_at=_iso(instance.destroyed_at),
         destroy_reason=instance.destroy_reason,
         last_error=instance.last_error,
+        status_detail=instance.status_detail,
     )
 
 
