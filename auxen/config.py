@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # it works; another process takes the work over only once the lease has lapsed.
     instance_lease_s: float = Field(default=30.0, gt=0)
     usage_flush_interval_s: float = Field(default=0.2, gt=0)
+    # A stream's usage row is checkpointed every flush; one not checkpointed for this long
+    # lost its process and is marked interrupted by the reconciler.
+    usage_stream_stale_s: float = Field(default=30.0, gt=0)
 
     @property
     def is_production(self) -> bool:

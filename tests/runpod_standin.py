@@ -170,7 +170,7 @@ class RunpodStandin:
             async def main() -> None:
                 tasks = [asyncio.create_task(s.serve()) for s in self._servers]
                 tasks.append(asyncio.create_task(self._advance_pods()))
-                while not all(s.started for s in self._servers):
+                while not all(s.started for s in self._servers):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
                 started.set()
                 await asyncio.gather(*tasks[:-1])
@@ -247,11 +247,21 @@ class RunpodStandin:
             log = (self.log_dir / f"vllm-{port}.log").open("ab")
             proc = subprocess.Popen(
                 [
-                    str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
-                    "--model", str(self.model_dir), "--served-model-name", served_name,
-                    "--host", "127.0.0.1", "--port", str(port),
-                    "--max-model-len", settings["AUXEN_VLLM_MAX_MODEL_LEN"],
-                    "--dtype", settings["AUXEN_VLLM_DTYPE"],
+                    str(VLLM_PYTHON),
+                    "-m",
+                    "vllm.entrypoints.openai.api_server",
+                    "--model",
+                    str(self.model_dir),
+                    "--served-model-name",
+                    served_name,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--max-model-len",
+                    settings["AUXEN_VLLM_MAX_MODEL_LEN"],
+                    "--dtype",
+                    settings["AUXEN_VLLM_DTYPE"],
                 ],  # fmt: skip
                 env=env,
                 stdout=log,

@@ -53,8 +53,6 @@ LIVE_STATES = (S.PENDING, S.PROVISIONING, S.STARTING, S.READY, S.STOPPING)
 READINESS_POLL_S = 1.0
 # Any key fits in a bigint; one lock id for "the reconciler" across the deployment.
 RECONCILE_LOCK_ID = 0x4155_5845_4E52_4543  # "AUXENREC"
-# A stream's usage row is checkpointed every flush; one this stale lost its process.
-STREAM_STALE_S = 30.0
 
 
 @dataclass
@@ -86,7 +84,9 @@ class InstanceManager:
         self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, connect=5.0))
         self._reconciler: asyncio.Task[None] | None = None
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.stream_stale_s = max(STREAM_STALE_S, 10 * settings.usage_flush_interval_s)
+        self.stream_stale_s = max(
+            settings.usage_stream_stale_s, 10 * settings.usage_flush_interval_s
+        )
 
     # -- transitions ---------------------------------------------------------------
 
