@@ -245,24 +245,15 @@ class RunpodStandin:
                 VLLM_API_KEY=key,
             )
             log = (self.log_dir / f"vllm-{port}.log").open("ab")
+            argv = [
+                str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+                "--model", str(self.model_dir), "--served-model-name", served_name,
+                "--host", "127.0.0.1", "--port", str(port),
+                "--max-model-len", settings["AUXEN_VLLM_MAX_MODEL_LEN"],
+                "--dtype", settings["AUXEN_VLLM_DTYPE"],
+            ]  # fmt: skip
             proc = subprocess.Popen(
-                [
-                    str(VLLM_PYTHON),
-                    "-m",
-                    "vllm.entrypoints.openai.api_server",
-                    "--model",
-                    str(self.model_dir),
-                    "--served-model-name",
-                    served_name,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--max-model-len",
-                    settings["AUXEN_VLLM_MAX_MODEL_LEN"],
-                    "--dtype",
-                    settings["AUXEN_VLLM_DTYPE"],
-                ],  # fmt: skip
+                argv,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
