@@ -177,35 +177,46 @@ def test_kill9_during_provisioning_then_restart_makes_exactly_one_pod(world: Wor
 def test_kill9_during_a_stream_records_its_usage_as_interrupted(world: World) -> None:
     made: dict[str, Any] = pytest.shared_instance  # type: ignore[attr-defined]
     got: list[bytes] = []
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     def stream() -> None:
-        try:
-            with httpx2.stream(
+        with (
+            contextlib.suppress(httpx2.HTTPError),  # the control plane dies under it
+            httpx2.stream(
                 "POST",
                 f"{made['endpoint']}/chat/completions",
                 headers={"Authorization": f"Bearer {made['instance_key']}"},
                 json={
                     "messages": [{"role": "user", "content": "a long story"}],
-                    "max_tokens": 1500,
+                    "max_tokens": 1800,
                     "ignore_eos": True,
+                    # Big events: once the reader stops reading, the relay is held up by
+                    # backpressure, so the stream is surely in flight at the kill.
+                    "logprobs": True,
+                    "top_logprobs": 20,
                     "stream": True,
                 },
                 timeout=120,
-            ) as reply:
-                for chunk in reply.iter_bytes():
-                    got.append(chunk)
-                    if len(got) >= 5:
-                        started.set()
-        except httpx2.HTTPError:
-            pass  # the control plane died under it: expected
+            ) as reply,
+        ):
+            for chunk in reply.iter_bytes():
+                got.append(chunk)
+                if len(got) == 5:
+                    started.set()
+                    release.wait(120)
 
     reader = threading.Thread(target=stream)
     reader.start()
     assert started.wait(120), "the stream never started"
-    time.sleep(1.0)  # several usage flushes: the in-flight row is checkpointed
-    world.kill9_and_restart()
+    in_flight = (
+        f"SELECT 1 FROM usage_record WHERE instance_id = '{made['id']}' "
+        "AND outcome = 'streaming' AND completion_tokens > 0"
+    )
+    wait_until(lambda: world.db_rows(in_flight), "the in-flight stream's checkpoint")
+    world.server.stop(signal.SIGKILL)
+    release.set()
     reader.join(60)
+    world.server.start()
     wait_until(
         lambda: world.db_rows(
             "SELECT outcome FROM usage_record WHERE stream = 1 AND "
