@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     port: int = 8000
     public_url: str | None = None
 
-    provider: Literal["local"] = "local"
+    provider: Literal["local", "runpod"] = "local"
     # The command that starts vLLM's OpenAI server; the local provider appends the model
     # path and its own flags. GPU hosts: "vllm serve". CPU build: a venv's
     # "python -m vllm.entrypoints.openai.api_server" (its console script is broken).
@@ -48,6 +48,27 @@ class Settings(BaseSettings):
     vllm_max_model_len: int | None = None
     vllm_dtype: str | None = None
     vllm_cpu_kvcache_gib: int | None = None
+
+    # The `runpod` provider (AUXEN_PROVIDER=runpod): pods running the vLLM image through
+    # RunPod's REST API. The API key is a secret: environment only, sent only to RunPod.
+    runpod_api_key: SecretStr | None = None
+    runpod_api_url: str = "https://api.runpod.io"
+    # Where a pod's port 8000 is reached; {pod_id} is replaced (tests point it at a stand-in).
+    runpod_proxy_url: str = "https://{pod_id}-8000.proxy.runpod.net"
+    runpod_image: str = "vllm/vllm-openai:v0.11.0"
+    runpod_cloud: Literal["SECURE", "COMMUNITY"] = "SECURE"
+    runpod_disk_gb: int = Field(default=80, ge=1)
+    # Pods this deployment owns are named "<prefix>-<instance id>"; several deployments
+    # may share one RunPod account if each has its own prefix.
+    runpod_pod_prefix: str = Field(default="auxen", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    # Large images take long to pull: pods get this long to answer through the proxy.
+    runpod_ready_timeout_s: float = Field(default=1200.0, gt=0)
+    runpod_request_timeout_s: float = Field(default=30.0, gt=0)
+    runpod_max_attempts: int = Field(default=5, ge=1, le=20)
+    runpod_max_backoff_s: float = Field(default=60.0, gt=0)
+    # The deployment's Hugging Face token for gated models (a workspace's own sealed token,
+    # when BYOK lands, takes precedence per launch).
+    hf_token: SecretStr | None = None
 
     # Model directories the local provider offers (default: <data_dir>/models).
     models_dir: Path | None = None
@@ -85,7 +106,13 @@ class Settings(BaseSettings):
     min_lifetime_s: int = Field(default=60, ge=1)
     default_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     reconcile_interval_s: float = Field(default=15.0, gt=0)
+    # A process bringing up or destroying an instance holds a lease on it, renewed while
+    # it works; another process takes the work over only once the lease has lapsed.
+    instance_lease_s: float = Field(default=30.0, gt=0)
     usage_flush_interval_s: float = Field(default=0.2, gt=0)
+    # A stream's usage row is checkpointed every flush; one not checkpointed for this long
+    # lost its process and is marked interrupted by the reconciler.
+    usage_stream_stale_s: float = Field(default=30.0, gt=0)
 
     # Knowledge bases. LanceDB lives under <data_dir>/kb unless kb_uri names another
     # directory or an object-storage URI (s3://bucket/prefix); one namespace per workspace.

@@ -54,7 +54,7 @@ class Runtime:
 
         manager = InstanceManager(db, provider, settings, on_change=forget_instance)
         meter = GpuMeter(
-            db, ledger, prices, settings.billing_tick_s, destroy=manager.destroy,
+            db, ledger, settings.billing_tick_s, destroy=manager.destroy,
             stale_hold_s=settings.billing_stale_hold_s,
         )  # fmt: skip
         payments = StripePayments(db, ledger, settings)

@@ -159,8 +159,7 @@ async def test_credits_apply_once_and_reversals_take_them_back(db: Database) -> 
 def test_price_book(tmp_path: Path) -> None:
     assert TokenPrices(100_000, 400_000).cost(1, 1) == 1  # fractions round up
     assert TokenPrices(100_000, 400_000).cost(1_000_000, 1_000_000) == 500_000
-    book = load_prices(None)
-    assert book.window_cost("L4", 3600) == book.gpu_types["L4"].hourly_price_micros
+    assert load_prices(None).gpu_types["L4"].hourly_price_micros == 800_000
     prices = tmp_path / "prices.toml"
     prices.write_text(
         '[gpu.cpu]\nhourly_usd = "3.60"\n[shared_small]\n'
@@ -168,7 +167,6 @@ def test_price_book(tmp_path: Path) -> None:
     )
     book = load_prices(prices)
     assert book.gpu_types["cpu"].hourly_price_micros == 3_600_000
-    assert book.window_cost("cpu", 2) == 2_000
     assert book.shared_small.output_micros_per_million == 2_500_000
     bad_files = (
         '[gpu.nope]\nhourly_usd = "1"',

@@ -111,10 +111,6 @@ class PriceBook:
     def offered(self, provider: str) -> list[GpuType]:
         return [g for g in self.gpu_types.values() if provider in g.providers]
 
-    def window_cost(self, gpu_type: str, seconds: float) -> int:
-        """What `seconds` of a GPU type cost, rounded up to a whole micro-dollar."""
-        return math.ceil(self.gpu_types[gpu_type].hourly_price_micros * seconds / 3600)
-
 
 DEFAULT_SHARED_SMALL = TokenPrices(
     input_micros_per_million=100_000, output_micros_per_million=400_000

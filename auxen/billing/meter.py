@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +23,6 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from auxen.billing.alerts import raise_alert
-from auxen.billing.catalog import PriceBook
 from auxen.billing.ledger import Ledger, Spend
 from auxen.store.db import Database
 from auxen.store.models import Instance, Reservation, as_utc
@@ -45,18 +45,21 @@ class GpuMeter:
         self,
         db: Database,
         ledger: Ledger,
-        prices: PriceBook,
         tick_s: float,
         destroy: Destroy,
         stale_hold_s: float = 900.0,
     ) -> None:
         self.db = db
         self.ledger = ledger
-        self.prices = prices
         self.window = timedelta(seconds=tick_s)
         self.stale_hold = timedelta(seconds=stale_hold_s)
         self.destroy = destroy
         self._task: asyncio.Task[None] | None = None
+
+    def window_cost(self, instance: Instance) -> int:
+        """One window at the instance's own price (the dearest of its GPU candidates until
+        the provider says which it got), rounded up to a whole micro-dollar."""
+        return math.ceil(instance.hourly_price_micros * self.window.total_seconds() / 3600)
 
     def spend(self, instance: Instance) -> Spend:
         return Spend(
@@ -69,7 +72,7 @@ class GpuMeter:
         now = datetime.now(UTC)
         return await self.ledger.reserve(
             self.spend(instance),
-            self.prices.window_cost(instance.gpu_type, self.window.total_seconds()),
+            self.window_cost(instance),
             window=(now, now + self.window),
             adds_hourly_micros=instance.hourly_price_micros,
         )
@@ -151,7 +154,7 @@ class GpuMeter:
         try:
             await self.ledger.reserve(
                 self.spend(instance),
-                self.prices.window_cost(instance.gpu_type, self.window.total_seconds()),
+                self.window_cost(instance),
                 window=(start, start + self.window),
             )
         except OverBudget as exc:

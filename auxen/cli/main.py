@@ -229,6 +229,43 @@ def migrate() -> None:
     out.print(f"database at {_redact(settings.resolved_database_url)} is up to date")
 
 
+@app.command()
+def reconcile() -> None:
+    """One reconcile pass against this server's database and provider: terminate
+    orphaned resources, fail instances whose resource vanished, finish interrupted
+    destroys and bring-ups (waiting for them), close streams whose process died."""
+    from auxen.runtime import Runtime
+
+    settings = Settings()
+
+    async def run() -> Any:
+        rt = Runtime.build(settings)
+        try:
+            await rt.db.migrate()
+            report = await rt.instances.reconcile()
+            await rt.instances.settle()
+            return report
+        finally:
+            await rt.close()
+
+    try:
+        report = asyncio.run(run())
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if not report.leader:
+        out.print("another process is reconciling right now; nothing done")
+        return
+    for label, items in (
+        ("orphaned resources terminated", report.orphans_terminated),
+        ("instances failed (resource gone)", report.failed),
+        ("destroys finished", report.destroyed),
+        ("bring-ups resumed", report.resumed),
+    ):
+        out.print(f"{label}: {len(items)}" + (f" ({', '.join(items)})" if items else ""))
+    out.print(f"interrupted streams closed: {report.streams_interrupted}")
+
+
 # -- instances ---------------------------------------------------------------------
 
 TERMINAL = {"ready", "failed", "destroyed"}
@@ -238,6 +275,9 @@ TERMINAL = {"ready", "failed", "destroyed"}
 def instances_provision(
     model: Annotated[str, typer.Option(help="Hugging Face id or model directory")],
     gpu_type: Annotated[str | None, typer.Option(help="GPU type")] = None,
+    gpu_fallback: Annotated[
+        list[str] | None, typer.Option(help="GPU type to try when gpu-type has no capacity")
+    ] = None,
     tier: Annotated[str, typer.Option(help="dedicated")] = "dedicated",
     ttl: Annotated[int | None, typer.Option(help="Seconds before automatic destroy")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Safe-retry key")] = None,
@@ -248,6 +288,8 @@ def instances_provision(
     if model.startswith(".") or (not model.startswith("/") and Path(model).is_dir()):
         model = str(Path(model).resolve())
     body: dict[str, Any] = {"model": model, "tier": tier}
+    if gpu_fallback:
+        body["gpu_fallbacks"] = gpu_fallback
     for name, value in (("gpu_type", gpu_type), ("ttl", ttl), ("idempotency_key", idempotency_key)):
         if value is not None:
             body[name] = value
@@ -273,7 +315,8 @@ def _follow(instance_id: str) -> dict[str, Any]:
         while True:
             current: dict[str, Any] = _call("GET", f"/v1/instances/{instance_id}")
             elapsed = time.monotonic() - started
-            status.update(f"{instance_id}: [bold]{current['state']}[/] ({elapsed:.0f}s)")
+            detail = f" {current['status_detail']}" if current.get("status_detail") else ""
+            status.update(f"{instance_id}: [bold]{current['state']}[/] ({elapsed:.0f}s){detail}")
             if current["state"] in TERMINAL:
                 break
             time.sleep(1.0)

@@ -24,7 +24,8 @@ from auxen.config import Settings
 from auxen.inference.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from auxen.inference.usage import UsageRecorder
 from auxen.store.db import Database
-from auxen.store.models import Instance, InstanceState, KeyKind
+from auxen.store.ids import new_id
+from auxen.store.models import Instance, InstanceState, KeyKind, utcnow
 from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, NotFound, PermissionDenied
 
@@ -260,6 +261,12 @@ class Meter:
         self.ttft_ms: float | None = None
         self.saw_usage = False
         self.done = False
+        self.row_id = new_id("use")
+        self.created_at = utcnow()
+
+    def open(self) -> None:
+        """The stream is flowing: checkpoint its usage until it ends (crash-safe)."""
+        self.usage.open_stream(self.row_id, lambda: self.fields(200, "streaming"))
 
     def take_usage(self, usage: dict[str, Any] | None) -> None:
         if usage:
@@ -297,23 +304,29 @@ class Meter:
         if self.done:
             return
         self.done = True
-        completion = self.completion_total
         if self.on_finish is not None:
             self.on_finish(self)
-        self.usage.record(
-            workspace_id=self.target.workspace_id,
-            instance_id=self.target.instance_id,
-            api_key_id=self.caller.key_id,
-            endpoint=self.endpoint,
-            model=self.target.model,
-            stream=self.stream,
-            status_code=status_code,
-            outcome=outcome,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=completion,
-            latency_ms=(time.perf_counter() - self.started) * 1000,
-            ttft_ms=self.ttft_ms,
-        )
+        self.usage.record(**self.fields(status_code, outcome))
+
+    def fields(self, status_code: int, outcome: str) -> dict[str, Any]:
+        """The usage row as it stands."""
+        completion = self.completion_total
+        return {
+            "id": self.row_id,
+            "created_at": self.created_at,
+            "workspace_id": self.target.workspace_id,
+            "instance_id": self.target.instance_id,
+            "api_key_id": self.caller.key_id,
+            "endpoint": self.endpoint,
+            "model": self.target.model,
+            "stream": self.stream,
+            "status_code": status_code,
+            "outcome": outcome,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "latency_ms": (time.perf_counter() - self.started) * 1000,
+            "ttft_ms": self.ttft_ms,
+        }
 
 
 def usage_of(content: bytes) -> dict[str, Any] | None:

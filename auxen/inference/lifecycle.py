@@ -3,8 +3,16 @@ destroyed, or failed with a reason.
 
 Every transition is a conditional UPDATE (`WHERE state IN (...)`) persisted before the
 side effect it announces, so a crash at any point leaves a row the reconciler can finish:
-it re-attaches to live processes, resumes warm-up, fails instances whose process is gone,
-finishes interrupted destroys, destroys expired instances and kills orphans.
+it re-attaches to live resources, resumes warm-up, fails instances whose resource is gone,
+finishes interrupted destroys, destroys expired instances, terminates orphans and
+duplicates, and closes the usage rows of streams whose process died.
+
+Several control-plane processes may share one database. A bring-up is owned by the
+process holding the instance's lease (`lease_owner`, `lease_expires_at`), renewed while it
+works and taken by a conditional UPDATE, so two processes never bring up one instance.
+On PostgreSQL one process at a time runs a reconcile pass (a session advisory lock), which
+also keeps provider list calls (rate-limited) to one per interval; SQLite deployments are
+a single process.
 """
 
 from __future__ import annotations
@@ -12,9 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2
@@ -22,25 +34,37 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from auxen.auth.sealing import unseal
+from auxen.billing.catalog import GPU_TYPES
 from auxen.config import Settings
 from auxen.inference.providers.base import (
     LaunchSpec,
+    OwnedResource,
     Provider,
     ProviderError,
     ResourceStatus,
 )
 from auxen.store.db import Database
-from auxen.store.models import ApiKey, Instance, InstanceState, KbAttachment, as_utc
+from auxen.store.models import ApiKey, Instance, InstanceState, KbAttachment, UsageRecord, as_utc
 
 log = logging.getLogger(__name__)
 
 S = InstanceState
 LIVE_STATES = (S.PENDING, S.PROVISIONING, S.STARTING, S.READY, S.STOPPING)
-# Another process on the same database (`auxen serve` beside an embedded `auxen mcp`) may
-# be starting a young instance right now: the reconciler neither fails nor adopts it
-# until it is this old, so two processes never race over one bring-up.
-LAUNCH_GRACE_S = 120.0
 READINESS_POLL_S = 1.0
+# Any key fits in a bigint; one lock id for "the reconciler" across the deployment.
+RECONCILE_LOCK_ID = 0x4155_5845_4E52_4543  # "AUXENREC"
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconcile pass did (the `auxen reconcile` command prints it)."""
+
+    leader: bool = True
+    orphans_terminated: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    destroyed: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    streams_interrupted: int = 0
 
 
 class InstanceManager:
@@ -57,8 +81,12 @@ class InstanceManager:
         self.on_change = on_change
         self._bring_ups: dict[str, asyncio.Task[None]] = {}
         self._destroys: dict[str, asyncio.Task[Instance]] = {}
-        self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, connect=2.0))
+        self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, connect=5.0))
         self._reconciler: asyncio.Task[None] | None = None
+        self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.stream_stale_s = max(
+            settings.usage_stream_stale_s, 10 * settings.usage_flush_interval_s
+        )
 
     # -- transitions ---------------------------------------------------------------
 
@@ -81,20 +109,84 @@ class InstanceManager:
         async with self.db.system() as session:
             return await session.get(Instance, instance_id)
 
+    # -- leases --------------------------------------------------------------------
+
+    async def _claim(self, instance_id: str) -> bool:
+        """Take (or renew) this process's lease on the instance; False if another live
+        process holds it."""
+        now = datetime.now(UTC)
+        async with self.db.system() as session:
+            result = await session.exec(
+                sa.update(Instance)
+                .where(col(Instance.id) == instance_id)
+                .where(
+                    sa.or_(
+                        col(Instance.lease_owner).is_(None),
+                        col(Instance.lease_owner) == self.owner,
+                        col(Instance.lease_expires_at) < now,
+                    )
+                )
+                .values(
+                    lease_owner=self.owner,
+                    lease_expires_at=now + timedelta(seconds=self.settings.instance_lease_s),
+                )
+            )
+            await session.commit()
+        return bool(result.rowcount)
+
+    async def _release(self, instance_id: str) -> None:
+        async with self.db.system() as session:
+            await session.exec(
+                sa.update(Instance)
+                .where(col(Instance.id) == instance_id)
+                .where(col(Instance.lease_owner) == self.owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            await session.commit()
+
+    async def _set_detail(self, instance_id: str, detail: str) -> None:
+        async with self.db.system() as session:
+            await session.exec(
+                sa.update(Instance)
+                .where(col(Instance.id) == instance_id)
+                .values(status_detail=detail[:300])
+            )
+            await session.commit()
+
     # -- bring-up ------------------------------------------------------------------
 
     async def launch(self, instance_id: str) -> None:
         """Move a new (pending) instance to provisioning and start bringing it up."""
-        if await self._transition(instance_id, [S.PENDING], S.PROVISIONING):
+        # The lease is taken with the transition, so no other process's reconciler can
+        # adopt the bring-up before this one starts it.
+        lease = datetime.now(UTC) + timedelta(seconds=self.settings.instance_lease_s)
+        if await self._transition(
+            instance_id,
+            [S.PENDING],
+            S.PROVISIONING,
+            lease_owner=self.owner,
+            lease_expires_at=lease,
+        ):
             self.start_bring_up(instance_id)
 
     def start_bring_up(self, instance_id: str) -> None:
         """Start (or resume) creating and warming up an instance in the background."""
         if instance_id in self._bring_ups:
             return
-        task = asyncio.create_task(self._bring_up(instance_id), name=f"bring-up {instance_id}")
+        task = asyncio.create_task(
+            self._owned_bring_up(instance_id), name=f"bring-up {instance_id}"
+        )
         self._bring_ups[instance_id] = task
         task.add_done_callback(lambda _t: self._bring_ups.pop(instance_id, None))
+
+    async def _owned_bring_up(self, instance_id: str) -> None:
+        if not await self._claim(instance_id):
+            return  # another process is bringing it up
+        try:
+            await self._bring_up(instance_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._release(instance_id))
 
     async def wait_settled(self, instance_id: str) -> None:
         """Wait until a bring-up running in this process has finished (tests, CLI)."""
@@ -109,6 +201,7 @@ class InstanceManager:
                 return
             api_key = self._upstream_key(instance)
             if instance.state is S.PROVISIONING:
+                fallbacks = tuple(filter(None, (instance.gpu_fallbacks or "").split(",")))
                 try:
                     resource = await self.provider.create(
                         LaunchSpec(
@@ -117,17 +210,25 @@ class InstanceManager:
                             gpu_type=instance.gpu_type,
                             served_model_name=instance.model,
                             upstream_api_key=api_key,
+                            gpu_fallbacks=fallbacks,
                         )
                     )
                 except ProviderError as exc:
                     await self._fail(instance_id, str(exc))
                     return
+                got: dict[str, Any] = {}
+                if resource.gpu_type and resource.gpu_type in GPU_TYPES:
+                    got = {
+                        "gpu_type": resource.gpu_type,
+                        "hourly_price_micros": GPU_TYPES[resource.gpu_type].hourly_price_micros,
+                    }
                 moved = await self._transition(
                     instance_id,
                     [S.PROVISIONING],
                     S.STARTING,
                     provider_id=resource.provider_id,
                     upstream_url=resource.endpoint,
+                    **got,
                 )
                 if not moved:  # destroyed meanwhile: do not leave the process behind
                     await self.provider.terminate(resource.provider_id, instance_id)
@@ -142,41 +243,67 @@ class InstanceManager:
             await self._fail(instance_id, f"internal error while starting: {type(exc).__name__}")
 
     async def _await_ready(self, instance: Instance, api_key: str) -> None:
-        """Two stages: the process is alive and /health answers, then a real one-token
-        completion succeeds (vLLM reports healthy before a broken kernel fails)."""
+        """Two stages: the resource is running and `/v1/models` answers with the upstream
+        key, then a real one-token completion succeeds (vLLM reports healthy before a
+        broken kernel fails). Progress goes to `status_detail`; the lease is renewed."""
         assert instance.provider_id is not None and instance.upstream_url is not None
-        deadline = time.monotonic() + self.settings.vllm_ready_timeout_s
+        timeout = self.provider.ready_timeout_s
+        started = time.monotonic()
+        deadline = started + timeout
         headers = {"Authorization": f"Bearer {api_key}"}
         probe = {"model": instance.model, "prompt": "ready", "max_tokens": 1}
+        last_detail, last_renew = "", started
         while True:
-            status = await self.provider.status(instance.provider_id)
+            try:
+                status = await self.provider.status(instance.provider_id)
+            except ProviderError as exc:  # the provider's API is having a moment: keep waiting
+                log.warning("status of %s: %s", instance.id, exc)
+                status = ResourceStatus.RUNNING
             if status is not ResourceStatus.RUNNING:
                 await self._fail(instance.id, f"the vLLM server {status.value} while starting")
                 return
-            with contextlib.suppress(httpx2.HTTPError):
-                health = await self._http.get(f"{instance.upstream_url}/health", timeout=2.0)
-                if health.status_code == 200:
+            stage = await self.provider.describe(instance.provider_id)
+            with contextlib.suppress(httpx2.HTTPError, ValueError):
+                models = await self._http.get(
+                    f"{instance.upstream_url}/v1/models", headers=headers, timeout=10.0
+                )
+                if models.status_code == 200:
+                    stage = "vLLM answers; running a test completion"
                     reply = await self._http.post(
                         f"{instance.upstream_url}/v1/completions", json=probe, headers=headers
                     )
                     if reply.status_code == 200 and reply.json().get("choices"):
                         await self._transition(
-                            instance.id, [S.STARTING], S.READY, ready_at=datetime.now(UTC)
+                            instance.id,
+                            [S.STARTING],
+                            S.READY,
+                            ready_at=datetime.now(UTC),
+                            status_detail=None,
                         )
                         return
-                    if reply.status_code != 503:
+                    if reply.status_code not in (502, 503, 504):
                         await self._fail(
                             instance.id,
                             f"the test completion failed with HTTP {reply.status_code}",
                         )
                         return
-            if time.monotonic() > deadline:
+                elif models.status_code in (401, 403):
+                    await self._fail(instance.id, "the vLLM server refused the instance's key")
+                    return
+            now = time.monotonic()
+            if now > deadline:
                 await self._fail(
                     instance.id,
-                    f"not ready after {self.settings.vllm_ready_timeout_s:.0f}s "
-                    "(AUXEN_VLLM_READY_TIMEOUT_S)",
+                    f"not ready after {timeout:.0f}s ({self.provider.name} ready timeout)",
                 )
                 return
+            detail = f"{stage}; {now - started:.0f}s of up to {timeout:.0f}s"
+            if stage != last_detail.split(";")[0] or int(now - started) % 10 == 0:
+                await self._set_detail(instance.id, detail)
+                last_detail = detail
+            if now - last_renew > self.settings.instance_lease_s / 3:
+                await self._claim(instance.id)
+                last_renew = now
             await asyncio.sleep(READINESS_POLL_S)
 
     def _upstream_key(self, instance: Instance) -> str:
@@ -190,7 +317,9 @@ class InstanceManager:
         instance = await self._load(instance_id)
         if instance is None or instance.state.is_terminal or instance.state is S.STOPPING:
             return
-        tail = await self.provider.logs_tail(instance.provider_id or "", instance_id)
+        tail = ""
+        with contextlib.suppress(ProviderError):
+            tail = await self.provider.logs_tail(instance.provider_id or "", instance_id)
         detail = f"{reason}\n--- last lines of the vLLM log ---\n{tail}" if tail else reason
         moved = await self._transition(
             instance_id,
@@ -201,8 +330,11 @@ class InstanceManager:
         )
         if moved:
             log.warning("instance %s failed: %s", instance_id, reason)
-            await self.provider.terminate(instance.provider_id or "", instance_id)
             await self._delete_keys(instance_id)
+            try:
+                await self.provider.terminate(instance.provider_id or "", instance_id)
+            except ProviderError as exc:  # the orphan sweep terminates it later
+                log.warning("could not terminate the resource of %s yet: %s", instance_id, exc)
 
     # -- destroy -------------------------------------------------------------------
 
@@ -230,8 +362,17 @@ class InstanceManager:
             await asyncio.wait([bring_up])
         instance = await self._load(instance_id)
         assert instance is not None
-        await self.provider.terminate(instance.provider_id or "", instance_id)
         await self._delete_keys(instance_id)
+        try:
+            await self.provider.terminate(instance.provider_id or "", instance_id)
+        except ProviderError as exc:
+            # Stays `stopping` (no longer billable to the caller, keys gone); the
+            # reconciler finishes the destroy once the provider answers.
+            log.warning("destroy of %s: %s; the reconciler will retry", instance_id, exc)
+            await self._set_detail(instance_id, f"terminating: {exc}"[:300])
+            stuck = await self._load(instance_id)
+            assert stuck is not None
+            return stuck
         now = datetime.now(UTC)
         await self._transition(
             instance_id,
@@ -241,6 +382,9 @@ class InstanceManager:
             stopped_at=instance.stopped_at or now,
             upstream_url=None,
             upstream_key_sealed=None,
+            status_detail=None,
+            lease_owner=None,
+            lease_expires_at=None,
         )
         destroyed = await self._load(instance_id)
         assert destroyed is not None
@@ -259,9 +403,41 @@ class InstanceManager:
 
     # -- reconciler ----------------------------------------------------------------
 
-    async def reconcile(self) -> None:
-        """Make the database and the provider agree. Safe to run at any time."""
-        owned = {r.instance_id: r for r in await self.provider.list_owned()}
+    async def reconcile(self) -> ReconcileReport:
+        """Make the database and the provider agree. Safe to run at any time, from any
+        number of processes: on PostgreSQL only one of them runs a pass at a time."""
+        async with self._leadership() as leader:
+            if not leader:
+                return ReconcileReport(leader=False)
+            return await self._reconcile_pass()
+
+    @contextlib.asynccontextmanager
+    async def _leadership(self) -> AsyncIterator[bool]:
+        if self.db.is_sqlite:
+            yield True
+            return
+        async with self.db.engine.connect() as conn:
+            got = (
+                await conn.execute(
+                    sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": RECONCILE_LOCK_ID}
+                )
+            ).scalar()
+            try:
+                yield bool(got)
+            finally:
+                if got:
+                    await conn.execute(
+                        sa.text("SELECT pg_advisory_unlock(:k)"), {"k": RECONCILE_LOCK_ID}
+                    )
+                await conn.commit()
+
+    async def _reconcile_pass(self) -> ReconcileReport:
+        report = ReconcileReport()
+        report.streams_interrupted = await self._close_dead_streams()
+        owned_list = await self.provider.list_owned()
+        owned: dict[str, list[OwnedResource]] = {}
+        for resource in owned_list:
+            owned.setdefault(resource.instance_id, []).append(resource)
         async with self.db.system() as session:
             rows = (
                 await session.exec(
@@ -274,39 +450,99 @@ class InstanceManager:
         for instance in rows:
             if instance.id in self._bring_ups or instance.id in self._destroys:
                 continue
-            resource = owned.get(instance.id)
-            young = (now - as_utc(instance.created_at)).total_seconds() < LAUNCH_GRACE_S
+            resources = owned.get(instance.id, [])
+            leased = (
+                instance.lease_owner is not None
+                and instance.lease_owner != self.owner
+                and instance.lease_expires_at is not None
+                and as_utc(instance.lease_expires_at) > now
+            )
             if instance.state is S.STOPPING:
                 await self.destroy(instance.id, instance.destroy_reason or "requested")
+                report.destroyed.append(instance.id)
             elif as_utc(instance.expires_at) <= now:
                 await self.destroy(instance.id, "ttl_expired")
+                report.destroyed.append(instance.id)
             elif instance.state is S.READY and _idle_for(instance, now) > (
                 instance.idle_timeout_s or float("inf")
             ):
                 await self.destroy(instance.id, "idle_timeout")
-            elif young and instance.state is not S.READY:
-                continue  # another process may be starting it right now; adopt it later
-            elif resource is None:
+                report.destroyed.append(instance.id)
+            elif leased:
+                continue  # another live process is bringing it up
+            elif instance.state is S.READY and not resources:
                 await self._fail(
                     instance.id,
-                    "the vLLM process is gone (it crashed or was "
-                    "lost while the control plane was down)",
+                    "its resource is gone (it crashed, or was lost or terminated outside "
+                    "Auxen while the control plane was down)",
                 )
-            elif instance.state is not S.READY:
-                # Interrupted warm-up: adopt the process and finish the readiness checks.
-                await self._transition(
-                    instance.id,
-                    [S.PENDING, S.PROVISIONING, S.STARTING],
-                    S.STARTING,
-                    provider_id=resource.provider_id,
-                    upstream_url=resource.endpoint,
-                )
+                report.failed.append(instance.id)
+            elif instance.state is S.READY:
+                await self._terminate_extra(instance, resources, report)
+            else:
+                # Interrupted bring-up: adopt the resource it made and finish warm-up;
+                # with none, provisioning asks again (the provider finds a resource an
+                # unanswered create made), a later state has lost its resource.
+                if not await self._claim(instance.id):
+                    continue  # another process took it over a moment ago
+                if resources:
+                    keep = next(
+                        (r for r in resources if r.provider_id == instance.provider_id),
+                        resources[0],
+                    )
+                    await self._transition(
+                        instance.id,
+                        [S.PENDING, S.PROVISIONING, S.STARTING],
+                        S.STARTING,
+                        provider_id=keep.provider_id,
+                        upstream_url=keep.endpoint,
+                    )
+                    instance.provider_id = keep.provider_id
+                    await self._terminate_extra(instance, resources, report)
+                elif instance.state is S.STARTING:
+                    await self._fail(
+                        instance.id, "its resource is gone (lost while the control plane was down)"
+                    )
+                    report.failed.append(instance.id)
+                    continue
+                elif instance.state is S.PENDING:
+                    await self._transition(instance.id, [S.PENDING], S.PROVISIONING)
+                report.resumed.append(instance.id)
                 self.start_bring_up(instance.id)
         live = {i.id for i in rows}
-        for instance_id, resource in owned.items():
+        for instance_id, resources in owned.items():
             if instance_id not in live:
-                log.warning("terminating orphaned resource of %s", instance_id)
-                await self.provider.terminate(resource.provider_id, instance_id)
+                for resource in resources:
+                    log.warning(
+                        "terminating orphaned resource %s of %s", resource.provider_id, instance_id
+                    )
+                    await self.provider.terminate(resource.provider_id, instance_id)
+                    report.orphans_terminated.append(resource.provider_id)
+        return report
+
+    async def _terminate_extra(
+        self, instance: Instance, resources: list[OwnedResource], report: ReconcileReport
+    ) -> None:
+        """A second resource for one instance (a create whose answer was lost) goes."""
+        for resource in resources:
+            if instance.provider_id and resource.provider_id != instance.provider_id:
+                log.warning("terminating duplicate %s of %s", resource.provider_id, instance.id)
+                await self.provider.terminate(resource.provider_id, instance.id)
+                report.orphans_terminated.append(resource.provider_id)
+
+    async def _close_dead_streams(self) -> int:
+        """Streams whose usage row stopped being checkpointed lost their process (a
+        crash mid-stream): they keep the counts of their last checkpoint."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.stream_stale_s)
+        async with self.db.system() as session:
+            result = await session.exec(
+                sa.update(UsageRecord)
+                .where(col(UsageRecord.outcome) == "streaming")
+                .where(col(UsageRecord.updated_at) < cutoff)
+                .values(outcome="interrupted")
+            )
+            await session.commit()
+        return int(result.rowcount or 0)
 
     def start_reconciler(self) -> None:
         self._reconciler = asyncio.create_task(self._reconcile_forever(), name="reconciler")
@@ -328,6 +564,14 @@ class InstanceManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*self._destroys.values(), return_exceptions=True)
         await self._http.aclose()
+        await self.provider.close()
+
+    async def settle(self) -> None:
+        """Wait for every bring-up and destroy this process started (one-shot CLI runs)."""
+        while self._bring_ups or self._destroys:
+            await asyncio.gather(
+                *self._bring_ups.values(), *self._destroys.values(), return_exceptions=True
+            )
 
 
 def _idle_for(instance: Instance, now: datetime) -> float:

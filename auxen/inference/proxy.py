@@ -152,6 +152,7 @@ class InferenceProxy:
     ) -> AsyncIterator[bytes]:
         outcome = "client_closed"
         pending = b""
+        meter.open()
         try:
             async for chunk in upstream.iter_chunks():
                 pending += chunk

@@ -192,6 +192,14 @@ class Instance(TenantScoped, SQLModel, table=True):
     ttl_seconds: int
     expires_at: datetime = Field(sa_column=_ts(nullable=False, index=True))
     idempotency_key: str | None = Field(default=None, max_length=200)
+    # GPU types to try after `gpu_type` when the provider has no capacity (comma-separated).
+    gpu_fallbacks: str | None = Field(default=None, max_length=200)
+    # Where a bring-up stands ("RunPod pod x: STARTING (pulling the image)"), for progress.
+    status_detail: str | None = Field(default=None, max_length=300)
+    # The process bringing the instance up holds this lease and renews it while it works;
+    # another process takes over only after it lapses (see lifecycle.InstanceManager).
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_expires_at: datetime | None = Field(default=None, sa_column=_ts())
     last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     destroy_reason: str | None = Field(default=None, max_length=64)
     # Destroyed after this long without a query (None: never for idleness).
@@ -218,12 +226,15 @@ class UsageRecord(TenantScoped, SQLModel, table=True):
     model: str = Field(max_length=500)
     stream: bool
     status_code: int
-    outcome: str = Field(max_length=32)
+    # ok | error | client_closed | upstream_error | ...; "streaming" while a stream is in
+    # flight (checkpointed with `updated_at`), "interrupted" when its process died.
+    outcome: str = Field(max_length=32, index=True)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float
     ttft_ms: float | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
+    updated_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class OAuthClient(SQLModel, table=True):

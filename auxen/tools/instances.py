@@ -38,6 +38,11 @@ class ProvisionRequest(BaseModel):
     gpu_type: str | None = Field(
         default=None, max_length=64, description="GPU type; defaults to the provider's first"
     )
+    gpu_fallbacks: list[str] | None = Field(
+        default=None,
+        max_length=4,
+        description="GPU types to try, in order, when gpu_type has no capacity right now",
+    )
     tier: str = Field(default="dedicated", description="dedicated (single-tenant)")
     ttl: int | None = Field(
         default=None, description="Seconds until the instance is destroyed automatically"
@@ -74,13 +79,16 @@ def validate_request(rt: Runtime, req: ProvisionRequest) -> tuple[str, int]:
     provider = rt.provider.name
     offered = [g.id for g in rt.prices.offered(provider)]
     gpu_type = req.gpu_type or offered[0]
-    if gpu_type not in offered:
-        known = "" if gpu_type in GPU_TYPES else "unknown GPU type; "
-        raise InvalidArgument(
-            f"{known}gpu_type {gpu_type!r} is not offered by provider {provider!r}; "
-            f"choose one of: {', '.join(offered)}",
-            param="gpu_type",
-        )
+    for param, wanted in [("gpu_type", gpu_type)] + [
+        ("gpu_fallbacks", g) for g in req.gpu_fallbacks or []
+    ]:
+        if wanted not in offered:
+            known = "" if wanted in GPU_TYPES else "unknown GPU type; "
+            raise InvalidArgument(
+                f"{known}{param} {wanted!r} is not offered by provider {provider!r}; "
+                f"choose from: {', '.join(offered)}",
+                param=param,
+            )
     if req.tier not in TIERS:
         raise InvalidArgument(f"tier must be one of: {', '.join(TIERS)}", param="tier")
     if req.tier not in OFFERED_TIERS:
@@ -110,14 +118,22 @@ def validate_request(rt: Runtime, req: ProvisionRequest) -> tuple[str, int]:
             param="model",
         )
     spec = KNOWN_MODELS.get(req.model)
-    gpu = rt.prices.gpu_types[gpu_type]
-    if spec is not None and not fits(spec, gpu):
-        raise InvalidArgument(
-            f"{req.model} needs about {spec.min_gpu_memory_gb} GB of GPU memory and "
-            f"{gpu_type} has {gpu.memory_gb} GB; choose a larger gpu_type",
-            param="gpu_type",
-        )
+    for param, candidate in [("gpu_type", gpu_type)] + [
+        ("gpu_fallbacks", g) for g in req.gpu_fallbacks or []
+    ]:
+        gpu = rt.prices.gpu_types[candidate]
+        if spec is not None and not fits(spec, gpu):
+            raise InvalidArgument(
+                f"{req.model} needs about {spec.min_gpu_memory_gb} GB of GPU memory and "
+                f"{candidate} has {gpu.memory_gb} GB; choose a larger GPU type",
+                param=param,
+            )
     return gpu_type, ttl
+
+
+def _fallbacks(req: ProvisionRequest, gpu_type: str) -> str | None:
+    chosen = [g for g in dict.fromkeys(req.gpu_fallbacks or []) if g != gpu_type]
+    return ",".join(chosen) or None
 
 
 async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest) -> Provisioned:
@@ -137,7 +153,12 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
         tier=req.tier,
         provider=rt.provider.name,
         state=InstanceState.PENDING,
-        hourly_price_micros=rt.prices.gpu_types[gpu_type].hourly_price_micros,
+        # The dearest candidate until the provider says which one it got: never less.
+        hourly_price_micros=max(
+            rt.prices.gpu_types[g].hourly_price_micros
+            for g in [gpu_type, *(req.gpu_fallbacks or [])]
+        ),
+        gpu_fallbacks=_fallbacks(req, gpu_type),
         ttl_seconds=ttl,
         expires_at=now + timedelta(seconds=ttl),
         idempotency_key=req.idempotency_key,
@@ -193,9 +214,11 @@ async def _replay(
         ).first()
         if existing is None:
             return None
-        if (existing.model, existing.gpu_type, existing.tier, existing.ttl_seconds) != (
-            req.model, gpu_type, req.tier, ttl,
-        ) or existing.livemode != caller.livemode:  # fmt: skip
+        candidates = {gpu_type, *(req.gpu_fallbacks or [])}
+        same = (existing.model, existing.tier, existing.ttl_seconds, existing.livemode) == (
+            req.model, req.tier, ttl, caller.livemode,
+        )  # fmt: skip
+        if not same or existing.gpu_type not in candidates:
             raise Conflict(
                 f"idempotency_key {req.idempotency_key!r} was already used for instance "
                 f"{existing.id} with different parameters; use a new key",

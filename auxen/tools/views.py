@@ -49,6 +49,9 @@ class InstanceView(BaseModel):
     idle_timeout_s: int | None = Field(description="Destroyed after this long without a query")
     last_query_at: str | None
     last_error: str | None = Field(description="Why it failed, when it did")
+    status_detail: str | None = Field(
+        default=None, description="Where a bring-up stands (image pull, model load, ...)"
+    )
 
 
 def instance_view(instance: Instance, base_url: str) -> InstanceView:
@@ -73,6 +76,7 @@ def instance_view(instance: Instance, base_url: str) -> InstanceView:
         idle_timeout_s=instance.idle_timeout_s,
         last_query_at=_iso(instance.last_query_at),
         last_error=instance.last_error,
+        status_detail=instance.status_detail,
     )
 
 

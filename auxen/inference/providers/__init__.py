@@ -11,4 +11,8 @@ def build_provider(settings: Settings) -> Provider:
         from auxen.inference.providers.local import LocalVllmProvider
 
         return LocalVllmProvider(settings)
+    if settings.provider == "runpod":
+        from auxen.inference.providers.runpod import RunpodProvider
+
+        return RunpodProvider(settings)
     raise ValueError(f"unknown provider {settings.provider!r}")

@@ -1,13 +1,14 @@
-"""The provider interface: every provider implements these four calls and nothing else.
+"""The provider interface: every provider implements these calls and nothing else.
 
 The lifecycle never branches on a provider's name; it only calls `create`, `status`,
-`terminate` and `list_owned` (plus `logs_tail` for failure reports).
+`terminate` and `list_owned` (plus `describe` for progress and `logs_tail` for failure
+reports), and reads `ready_timeout_s`.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -21,13 +22,23 @@ class LaunchSpec:
     model: str
     gpu_type: str
     served_model_name: str
-    upstream_api_key: str
+    upstream_api_key: str = field(repr=False)
+    # GPU types to try, in order, when `gpu_type` has no capacity.
+    gpu_fallbacks: tuple[str, ...] = ()
+    # A Hugging Face token for gated models: the workspace's own (BYOK, unsealed by the
+    # caller just for this launch) when it has one; None uses the deployment's.
+    hf_token: str | None = field(default=None, repr=False)
+
+    @property
+    def gpu_candidates(self) -> list[str]:
+        return list(dict.fromkeys((self.gpu_type, *self.gpu_fallbacks)))
 
 
 @dataclass(frozen=True)
 class Resource:
     provider_id: str
     endpoint: str  # base URL of the upstream OpenAI-compatible server, without /v1
+    gpu_type: str | None = None  # the GPU type it got, when a fallback was used
 
 
 class ResourceStatus(enum.StrEnum):
@@ -45,15 +56,26 @@ class OwnedResource:
 
 class Provider(Protocol):
     name: str
+    # How long a new resource may take to answer (a GPU pod pulling a large image: long).
+    ready_timeout_s: float
 
-    async def create(self, spec: LaunchSpec) -> Resource: ...
+    async def create(self, spec: LaunchSpec) -> Resource:
+        """Create the resource, or find the one an earlier, interrupted call for the same
+        instance already created (idempotent per instance id)."""
+        ...
 
     async def status(self, provider_id: str) -> ResourceStatus: ...
+
+    async def describe(self, provider_id: str) -> str:
+        """One line on where the resource is in its start-up, for progress reports."""
+        ...
 
     async def terminate(self, provider_id: str, instance_id: str) -> None:
         """Stop the resource and delete everything it held. Idempotent."""
         ...
 
     async def list_owned(self) -> list[OwnedResource]: ...
+
+    async def close(self) -> None: ...
 
     async def logs_tail(self, provider_id: str, instance_id: str, lines: int = 30) -> str: ...

@@ -41,8 +41,12 @@ class LocalVllmProvider:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.ready_timeout_s = settings.vllm_ready_timeout_s
         self.root = settings.instances_dir
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    async def close(self) -> None:
+        """Nothing to release: instance processes outlive the control plane on purpose."""
 
     async def create(self, spec: LaunchSpec) -> Resource:
         workdir = self.root / spec.instance_id
@@ -96,6 +100,10 @@ class LocalVllmProvider:
         if child is not None:
             return ResourceStatus.RUNNING if child.poll() is None else ResourceStatus.EXITED
         return ResourceStatus.RUNNING if self._is_ours(pid) else ResourceStatus.GONE
+
+    async def describe(self, provider_id: str) -> str:
+        status = await self.status(provider_id)
+        return f"vLLM process {provider_id} {status.value}"
 
     async def terminate(self, provider_id: str, instance_id: str) -> None:
         workdir = self.root / instance_id

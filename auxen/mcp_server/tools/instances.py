@@ -184,7 +184,7 @@ async def _wait_ready(
     env: ToolEnv, ctx: Context[Any, Any], instance_id: str, started: float
 ) -> Instance:
     """Poll until ready or terminal, reporting each state change and a heartbeat."""
-    deadline = started + env.rt.settings.vllm_ready_timeout_s + 60
+    deadline = started + env.rt.provider.ready_timeout_s + 60
     last_state: InstanceState | None = None
     last_report = 0.0
     while True:
@@ -193,7 +193,8 @@ async def _wait_ready(
         if instance.state is not last_state or elapsed - last_report >= HEARTBEAT_S:
             await ctx.report_progress(
                 max(elapsed, last_report + 0.001),
-                message=f"{instance.id} {instance.state.value} after {elapsed:.0f} s",
+                message=f"{instance.id} {instance.state.value} after {elapsed:.0f} s"
+                + (f": {instance.status_detail}" if instance.status_detail else ""),
             )
             last_state, last_report = instance.state, max(elapsed, last_report + 0.001)
         if instance.state is InstanceState.READY or instance.state.is_terminal:
