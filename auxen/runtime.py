@@ -52,7 +52,7 @@ class Runtime:
             gateway.forget(instance_id)
             kb.forget_attachments(instance_id)
 
-        manager = InstanceManager(db, provider, settings, on_change=forget_instance)
+        manager = InstanceManager(db, provider, settings, on_change=forget_instance, prices=prices)
         meter = GpuMeter(
             db, ledger, settings.billing_tick_s, destroy=manager.destroy,
             stale_hold_s=settings.billing_stale_hold_s,

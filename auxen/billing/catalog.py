@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 TIERS = ("dedicated", "shared-small")
-OFFERED_TIERS = ("dedicated",)
+OFFERED_TIERS = ("dedicated", "shared-small")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from auxen.billing.catalog import TokenPrices
 from auxen.billing.ledger import Ledger, Spend
 from auxen.billing.meter import TOKENS
 from auxen.config import Settings
+from auxen.inference.shared import SHARED_TIER
 from auxen.inference.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from auxen.inference.usage import UsageRecorder
 from auxen.store.db import Database
@@ -30,7 +31,6 @@ from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, NotFound, PermissionDenied
 
 TARGET_TTL_S = 5.0
-PER_TOKEN_TIER = "shared-small"
 # A delta or completion chunk carrying text; and a chunk carrying a usage object.
 _NON_EMPTY_TEXT = re.compile(rb'"(?:content|text)":\s*"(?!")')
 _USAGE_OBJECT = re.compile(rb'"usage":\s*\{')
@@ -51,7 +51,7 @@ class Target:
     @property
     def per_token(self) -> bool:
         """Billed per token (the shared-small tier), not per hour of GPU time."""
-        return self.tier == PER_TOKEN_TIER
+        return self.tier == SHARED_TIER
 
     @property
     def headers(self) -> dict[str, str]:

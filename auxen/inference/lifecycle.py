@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from auxen.auth.sealing import unseal
-from auxen.billing.catalog import GPU_TYPES
+from auxen.billing.catalog import PriceBook, load_prices
 from auxen.config import Settings
 from auxen.inference.providers.base import (
     LaunchSpec,
@@ -43,6 +43,7 @@ from auxen.inference.providers.base import (
     ProviderError,
     ResourceStatus,
 )
+from auxen.inference.shared import SHARED_TIER, SharedTier
 from auxen.store.db import Database
 from auxen.store.models import ApiKey, Instance, InstanceState, KbAttachment, UsageRecord, as_utc
 
@@ -74,16 +75,19 @@ class InstanceManager:
         provider: Provider,
         settings: Settings,
         on_change: Callable[[str], None] = lambda _id: None,
+        prices: PriceBook | None = None,
     ) -> None:
         self.db = db
         self.provider = provider
         self.settings = settings
         self.on_change = on_change
+        self.prices = prices or load_prices(None)
         self._bring_ups: dict[str, asyncio.Task[None]] = {}
         self._destroys: dict[str, asyncio.Task[Instance]] = {}
         self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, connect=5.0))
         self._reconciler: asyncio.Task[None] | None = None
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.shared = SharedTier(self)
         self.stream_stale_s = max(
             settings.usage_stream_stale_s, 10 * settings.usage_flush_interval_s
         )
@@ -199,6 +203,9 @@ class InstanceManager:
             instance = await self._load(instance_id)
             if instance is None or instance.state not in (S.PROVISIONING, S.STARTING):
                 return
+            if instance.tier == SHARED_TIER:
+                await self.shared.attach(instance)  # no resource of its own
+                return
             api_key = self._upstream_key(instance)
             if instance.state is S.PROVISIONING:
                 fallbacks = tuple(filter(None, (instance.gpu_fallbacks or "").split(",")))
@@ -217,10 +224,11 @@ class InstanceManager:
                     await self._fail(instance_id, str(exc))
                     return
                 got: dict[str, Any] = {}
-                if resource.gpu_type and resource.gpu_type in GPU_TYPES:
+                gpus = self.prices.gpu_types
+                if resource.gpu_type and resource.gpu_type in gpus:
                     got = {
                         "gpu_type": resource.gpu_type,
-                        "hourly_price_micros": GPU_TYPES[resource.gpu_type].hourly_price_micros,
+                        "hourly_price_micros": gpus[resource.gpu_type].hourly_price_micros,
                     }
                 moved = await self._transition(
                     instance_id,
@@ -331,6 +339,8 @@ class InstanceManager:
         if moved:
             log.warning("instance %s failed: %s", instance_id, reason)
             await self._delete_keys(instance_id)
+            if instance.tier == SHARED_TIER:
+                return  # its host serves others
             try:
                 await self.provider.terminate(instance.provider_id or "", instance_id)
             except ProviderError as exc:  # the orphan sweep terminates it later
@@ -364,7 +374,8 @@ class InstanceManager:
         assert instance is not None
         await self._delete_keys(instance_id)
         try:
-            await self.provider.terminate(instance.provider_id or "", instance_id)
+            if instance.tier != SHARED_TIER:  # a shared host keeps serving the others
+                await self.provider.terminate(instance.provider_id or "", instance_id)
         except ProviderError as exc:
             # Stays `stopping` (no longer billable to the caller, keys gone); the
             # reconciler finishes the destroy once the provider answers.
@@ -470,6 +481,13 @@ class InstanceManager:
                 report.destroyed.append(instance.id)
             elif leased:
                 continue  # another live process is bringing it up
+            elif instance.tier == SHARED_TIER:
+                if not await self.shared.check(instance):
+                    await self._fail(instance.id, "its shared server is gone")
+                    report.failed.append(instance.id)
+                elif instance.state is not S.READY and await self._claim(instance.id):
+                    report.resumed.append(instance.id)
+                    self.start_bring_up(instance.id)  # an interrupted wait for its host
             elif instance.state is S.READY and not resources:
                 await self._fail(
                     instance.id,

@@ -44,7 +44,12 @@ GpuType = Annotated[
 
 Tier = Annotated[
     str,
-    Field(description="Isolation tier; 'dedicated' (single-tenant) is offered", strict=True),
+    Field(
+        description="'dedicated' (a single-tenant server, billed per hour) or 'shared-small' "
+        "(a server shared with other workspaces, billed per token, ready at once when its "
+        "model is already being served)",
+        strict=True,
+    ),
 ]
 
 

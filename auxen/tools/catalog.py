@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from auxen.billing.catalog import GPU_TYPES, KNOWN_MODELS, OFFERED_TIERS, fits, gpu_types_for
+from auxen.billing.catalog import KNOWN_MODELS, OFFERED_TIERS, SHARED_SMALL_LABEL, fits
+from auxen.inference.shared import SHARED_TIER
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
 from auxen.tools.instances import ProvisionRequest, validate_request
@@ -28,9 +29,16 @@ class ModelOffer(BaseModel):
     gpu_types: list[str] = Field(description="GPU types this model fits on")
 
 
+class TokenPricing(BaseModel):
+    label: str
+    input_micros_per_million_tokens: int
+    output_micros_per_million_tokens: int
+
+
 class Catalog(BaseModel):
     provider: str
     tiers: list[str] = Field(description="Tiers that can be provisioned now")
+    shared_small: TokenPricing = Field(description="The per-token tier's prices")
     gpu_types: list[GpuOffer]
     models: list[ModelOffer] = Field(description="Models known to fit; others may be given")
     note: str
@@ -47,6 +55,9 @@ class Quote(BaseModel):
     max_cost_micros: int = Field(description="Cost if it runs for the whole TTL")
     max_cost_usd: str
     typical_ready_seconds: int
+    per_token: TokenPricing | None = Field(
+        description="For shared-small: billed per token at these prices (no hourly charge)"
+    )
 
 
 def _local_models(models_dir: Path) -> list[Path]:
@@ -58,7 +69,7 @@ def _local_models(models_dir: Path) -> list[Path]:
 async def list_models(rt: Runtime, caller: Caller) -> Catalog:
     caller.require_account()
     provider = rt.provider.name
-    gpus = gpu_types_for(provider)
+    gpus = rt.prices.offered(provider)
     offers = [
         GpuOffer(
             id=g.id,
@@ -95,7 +106,20 @@ async def list_models(rt: Runtime, caller: Caller) -> Catalog:
         ]
         note = "Other Hugging Face ids can be given; pick a GPU with enough memory for them."
     return Catalog(
-        provider=provider, tiers=list(OFFERED_TIERS), gpu_types=offers, models=models, note=note
+        provider=provider,
+        tiers=list(OFFERED_TIERS),
+        shared_small=_token_pricing(rt),
+        gpu_types=offers,
+        models=models,
+        note=note,
+    )
+
+
+def _token_pricing(rt: Runtime) -> TokenPricing:
+    return TokenPricing(
+        label=SHARED_SMALL_LABEL,
+        input_micros_per_million_tokens=rt.prices.shared_small.input_micros_per_million,
+        output_micros_per_million_tokens=rt.prices.shared_small.output_micros_per_million,
     )
 
 
@@ -103,17 +127,20 @@ async def quote_instance(rt: Runtime, caller: Caller, req: ProvisionRequest) -> 
     """The price of `req` if it were provisioned now; changes nothing."""
     caller.require_account()
     gpu_type, ttl = validate_request(rt, req)
-    gpu = GPU_TYPES[gpu_type]
-    max_cost = round(gpu.hourly_price_micros * ttl / 3600)
+    gpu = rt.prices.gpu_types[gpu_type]
+    shared = req.tier == SHARED_TIER
+    hourly = 0 if shared else gpu.hourly_price_micros
+    max_cost = round(hourly * ttl / 3600)
     return Quote(
         model=req.model,
         gpu_type=gpu_type,
         tier=req.tier,
         provider=rt.provider.name,
-        hourly_price_micros=gpu.hourly_price_micros,
-        hourly_price_usd=micros_to_usd(gpu.hourly_price_micros),
+        hourly_price_micros=hourly,
+        hourly_price_usd=micros_to_usd(hourly),
         ttl_seconds=ttl,
         max_cost_micros=max_cost,
         max_cost_usd=micros_to_usd(max_cost),
         typical_ready_seconds=gpu.typical_ready_s,
+        per_token=_token_pricing(rt) if shared else None,
     )

@@ -15,6 +15,7 @@ from sqlmodel import col, select
 
 from auxen.auth.sealing import seal
 from auxen.billing.catalog import GPU_TYPES, KNOWN_MODELS, OFFERED_TIERS, TIERS, fits
+from auxen.inference.shared import SHARED_TIER
 from auxen.runtime import Runtime
 from auxen.store.models import ApiKey, CapScope, Instance, InstanceState, KeyKind
 from auxen.tools import billing as caps
@@ -43,7 +44,11 @@ class ProvisionRequest(BaseModel):
         max_length=4,
         description="GPU types to try, in order, when gpu_type has no capacity right now",
     )
-    tier: str = Field(default="dedicated", description="dedicated (single-tenant)")
+    tier: str = Field(
+        default="dedicated",
+        description="dedicated (single-tenant, per hour) or shared-small (shared server, "
+        "per token)",
+    )
     ttl: int | None = Field(
         default=None, description="Seconds until the instance is destroyed automatically"
     )
@@ -154,7 +159,10 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
         provider=rt.provider.name,
         state=InstanceState.PENDING,
         # The dearest candidate until the provider says which one it got: never less.
-        hourly_price_micros=max(
+        # The shared tier is paid per token, never per hour.
+        hourly_price_micros=0
+        if req.tier == SHARED_TIER
+        else max(
             rt.prices.gpu_types[g].hourly_price_micros
             for g in [gpu_type, *(req.gpu_fallbacks or [])]
         ),
