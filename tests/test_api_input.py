@@ -94,7 +94,7 @@ BAD_PROVISIONS = [
     (json.dumps({"model": "not a valid id!"}).encode(), "model"),
     (json.dumps({"model": "org/m", "gpu_type": "H100-80GB"}).encode(), "gpu_type"),
     (json.dumps({"model": "org/m", "gpu_type": "TPU9"}).encode(), "gpu_type"),
-    (json.dumps({"model": "org/m", "tier": "shared-small"}).encode(), "tier"),
+    (json.dumps({"model": "org/m", "tier": "shared-huge"}).encode(), "tier"),
     (json.dumps({"model": "org/m", "tier": "premium"}).encode(), "tier"),
     (json.dumps({"model": "org/m", "ttl": 5}).encode(), "ttl"),
     (json.dumps({"model": "org/m", "ttl": 10**9}).encode(), "ttl"),

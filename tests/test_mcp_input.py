@@ -108,6 +108,10 @@ HUGE = "x" * 20_000
 # (tool, arguments, the argument the error must name)
 BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("provision_instance", {}, "model"),
+    ("provision_instance", {"model": "org/name", "gpu_fallbacks": ["H100-80GB"]}, "gpu_fallbacks"),
+    ("provision_instance", {"model": "org/name", "gpu_fallbacks": "cpu"}, "gpu_fallbacks"),
+    ("provision_instance", {"model": "org/name", "spend_cap_usd": -1}, "spend_cap_usd"),
+    ("provision_instance", {"model": "org/x", "idle_timeout_minutes": 0}, "idle_timeout_minutes"),
     ("provision_instance", {"model": 5}, "model"),
     ("provision_instance", {"model": ["org/name"]}, "model"),
     ("provision_instance", {"model": HUGE}, "model"),
@@ -120,7 +124,7 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("provision_instance", {"model": "org/name", "ttl": 3600}, "ttl"),
     ("provision_instance", {"model": "org/name", "gpu_type": "H100-80GB"}, "gpu_type"),
     ("provision_instance", {"model": "org/name", "gpu_type": "TPU"}, "gpu_type"),
-    ("provision_instance", {"model": "org/name", "tier": "shared-small"}, "tier"),
+    ("provision_instance", {"model": "org/name", "tier": "shared-huge"}, "tier"),
     ("provision_instance", {"model": "org/name", "tier": 1}, "tier"),
     ("provision_instance", {"model": "org/name", "wait": "yes"}, "wait"),
     ("provision_instance", {"model": "org/name", "idempotency_key": ""}, "idempotency_key"),

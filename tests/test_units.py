@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import os
@@ -149,3 +150,16 @@ async def test_passwords_hash_with_argon2id_and_verify_in_constant_shape() -> No
     assert not await verify_password(stored, "a long enough passworD")
     assert not await verify_password(None, "a long enough password")
     assert not await verify_password("not a hash", "a long enough password")
+
+
+def test_the_local_provider_never_deletes_outside_an_instance_directory(tmp_path: Path) -> None:
+    from auxen.config import Settings
+    from auxen.inference.providers.local import LocalVllmProvider
+
+    provider = LocalVllmProvider(Settings(data_dir=tmp_path))
+    keep = provider.root / "inst_keep"
+    keep.mkdir(parents=True)
+    for bad in ("", ".", "..", "../data", "inst_x/../../"):
+        with pytest.raises(ValueError):
+            asyncio.run(provider.terminate("", bad))
+    assert keep.is_dir()

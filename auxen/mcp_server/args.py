@@ -76,6 +76,7 @@ def provision_request(
     idempotency_key: str | None,
     idle_timeout_minutes: float | None = None,
     spend_cap_usd: float | None = None,
+    gpu_fallbacks: list[str] | None = None,
 ) -> dict[str, Any]:
     """Tool arguments in the shape of `ProvisionRequest` (ttl and idle timeout in
     seconds, the cap as an exact decimal)."""
@@ -87,6 +88,7 @@ def provision_request(
         "idempotency_key": idempotency_key,
         "idle_timeout": None if idle_timeout_minutes is None else round(idle_timeout_minutes * 60),
         "spend_cap_usd": None if spend_cap_usd is None else Decimal(str(spend_cap_usd)),
+        "gpu_fallbacks": gpu_fallbacks,
     }
     assert set(fields) <= set(ProvisionRequest.model_fields)
     return fields

@@ -106,6 +106,8 @@ class LocalVllmProvider:
         return f"vLLM process {provider_id} {status.value}"
 
     async def terminate(self, provider_id: str, instance_id: str) -> None:
+        if not instance_id or "/" in instance_id or instance_id in (".", ".."):
+            raise ValueError(f"not an instance id: {instance_id!r}")  # never rmtree the root
         workdir = self.root / instance_id
         if not provider_id:  # crashed between spawning and recording: the file knows
             with contextlib.suppress(OSError, ValueError, KeyError):

@@ -55,6 +55,14 @@ Wait = Annotated[
         strict=True,
     ),
 ]
+GpuFallbacks = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=64)]] | None,
+    Field(
+        description="GPU types to try in order when gpu_type has no capacity at the "
+        "provider (e.g. ['A100-80GB', 'H100-80GB']); billed at the dearest until one is got",
+        max_length=5,
+    ),
+]
 IdleMinutes = Annotated[
     float | None,
     Field(
@@ -96,12 +104,13 @@ def tools(env: ToolEnv) -> list[Tool]:
         wait: Wait = False,
         idle_timeout_minutes: IdleMinutes = None,
         spend_cap_usd: SpendCapUsd = None,
+        gpu_fallbacks: GpuFallbacks = None,
     ) -> ProvisionResult:
         req = env.parse(
             ProvisionRequest,
             provision_request(
                 model, gpu_type, tier, ttl_hours, idempotency_key, idle_timeout_minutes,
-                spend_cap_usd,
+                spend_cap_usd, gpu_fallbacks,
             ),
         )  # fmt: skip
         made = await env.call(ctx, instances.provision_instance, req)
