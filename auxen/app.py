@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         # Money: balance and caps, buying credits, and Stripe's signed webhook (no key).
         Route("/v1/balance", money.balance, methods=["GET"]),
         Route("/v1/caps", money.set_cap, methods=["POST"]),
+        Route("/v1/alerts/webhook", money.alert_webhook, methods=["PUT"]),
         Route("/v1/credits/checkout", money.checkout, methods=["POST"]),
         Route("/v1/stripe/webhook", money.stripe_webhook, methods=["POST"]),
         # Knowledge bases, their documents, and the instances that retrieve from them.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from auxen.auth.authenticate import KeyAuthenticator
+from auxen.billing.alerts import Alerts
 from auxen.billing.catalog import PriceBook, load_prices
 from auxen.billing.ledger import Ledger
 from auxen.billing.meter import GpuMeter
@@ -33,6 +34,7 @@ class Runtime:
     ledger: Ledger
     meter: GpuMeter
     payments: StripePayments
+    alerts: Alerts
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -52,15 +54,16 @@ class Runtime:
             gateway.forget(instance_id)
             kb.forget_attachments(instance_id)
 
+        alerts = Alerts(db, settings.master_key_bytes, production=settings.is_production)
         manager = InstanceManager(db, provider, settings, on_change=forget_instance, prices=prices)
         meter = GpuMeter(
-            db, ledger, settings.billing_tick_s, destroy=manager.destroy,
+            db, ledger, settings.billing_tick_s, destroy=manager.destroy, alerts=alerts,
             stale_hold_s=settings.billing_stale_hold_s,
         )  # fmt: skip
         payments = StripePayments(db, ledger, settings)
         return cls(
             settings, db, provider, manager, auth, usage, gateway, kb, prices, ledger, meter,
-            payments,
+            payments, alerts,
         )  # fmt: skip
 
     async def start(self, *, background: bool = True) -> None:
@@ -76,6 +79,7 @@ class Runtime:
         await self.meter.close()
         await self.instances.close()
         await self.gateway.settled()
+        await self.alerts.delivered()
         await self.gateway.close()
         await self.usage.close()
         await self.auth.close()

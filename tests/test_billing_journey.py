@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +147,34 @@ def test_provisioning_needs_credits_and_respects_the_burn_cap(bank: Bank) -> Non
     assert balance["available_micros"] == 1_000_000 and balance["held_micros"] == 0
 
 
+class Receiver:
+    """A workspace's alert webhook: a real HTTP server on loopback that keeps what it gets."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append((body, self.headers.get("Auxen-Signature", "")))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/hooks/auxen"
+
+
 def test_an_instance_is_destroyed_before_it_passes_its_cap(bank: Bank) -> None:
     ws, http = bank.workspace("capped@example.com", usd="1")
+    receiver = Receiver()
+    hook = http.put("/v1/alerts/webhook", json={"url": receiver.url})
+    assert hook.status_code == 200 and hook.json()["secret"].startswith("whsec_")
+    secret = hook.json()["secret"]
     made = provision(http, bank.model, spend_cap_usd="0.006")  # three windows
     assert made.status_code == 202, made.text
     instance = made.json()["id"]
@@ -161,6 +190,26 @@ def test_an_instance_is_destroyed_before_it_passes_its_cap(bank: Bank) -> None:
     assert [a["kind"] for a in balance["alerts"]] == ["instance_stopped_budget"]
     assert instance in balance["alerts"][0]["message"]
     bank.consistent(ws)
+    # The owner's webhook got the alert, signed with the secret shown once.
+    deadline = time.monotonic() + 10
+    while not receiver.received and time.monotonic() < deadline:
+        time.sleep(0.2)
+    receiver.httpd.shutdown()
+    ((body, signed),) = receiver.received
+    t = signed.split(",")[0].removeprefix("t=")
+    assert signed == sign(body, secret, timestamp=int(t))  # Stripe's scheme, our secret
+    sent = json.loads(body)
+    assert sent["alert"]["kind"] == "instance_stopped_budget"
+    assert sent["alert"]["instance_id"] == instance and sent["workspace_id"] == ws
+
+
+@pytest.mark.parametrize(
+    "url", ["http://hooks.example/x", "ftp://127.0.0.1/x", "https://user:pw@hooks.example/", 5]
+)
+def test_alert_webhooks_must_be_https_without_credentials(bank: Bank, url: Any) -> None:
+    _, http = bank.workspace(f"hooks-{abs(hash(str(url)))}@example.com")
+    refused = http.put("/v1/alerts/webhook", json={"url": url})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "url"
 
 
 def test_gpu_time_is_charged_per_tick_until_the_idle_timeout(bank: Bank) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from auxen.billing.alerts import raise_alert
+from auxen.billing.alerts import Alerts
 from auxen.billing.ledger import Ledger, Spend
 from auxen.store.db import Database
 from auxen.store.models import Instance, Reservation, as_utc
@@ -47,6 +47,7 @@ class GpuMeter:
         ledger: Ledger,
         tick_s: float,
         destroy: Destroy,
+        alerts: Alerts,
         stale_hold_s: float = 900.0,
     ) -> None:
         self.db = db
@@ -54,6 +55,7 @@ class GpuMeter:
         self.window = timedelta(seconds=tick_s)
         self.stale_hold = timedelta(seconds=stale_hold_s)
         self.destroy = destroy
+        self.alerts = alerts
         self._task: asyncio.Task[None] | None = None
 
     def window_cost(self, instance: Instance) -> int:
@@ -159,8 +161,7 @@ class GpuMeter:
             )
         except OverBudget as exc:
             log.warning("stopping %s: %s", instance.id, exc.limit)
-            await raise_alert(
-                self.db,
+            await self.alerts.raise_alert(
                 instance.workspace_id,
                 instance.livemode,
                 kind="instance_stopped_budget",

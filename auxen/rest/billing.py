@@ -48,6 +48,18 @@ class BillingApi:
             status_code=201,
         )  # fmt: skip
 
+    async def alert_webhook(self, request: Request) -> Response:
+        caller = await self.rt.auth.authenticate(bearer(request))
+        body = await read_json_body(request, self.rt.settings.max_body_bytes)
+        url = body.get("url")
+        if set(body) - {"url"}:
+            bad = sorted(set(body) - {"url"})[0]
+            raise InvalidArgument(f"unknown field {bad!r}", param=bad)
+        if url is not None and not isinstance(url, str):
+            raise InvalidArgument("url must be a string or null", param="url")
+        view = await billing.set_alert_webhook(self.rt, caller, url)
+        return JSONResponse(view.model_dump(mode="json"))
+
     async def stripe_webhook(self, request: Request) -> Response:
         """Stripe's calls: verified by signature (no key), applied once per event."""
         payload = await request.body()

@@ -87,6 +87,9 @@ class Workspace(SQLModel, table=True):
     # The workspace's Stripe customers (live and test mode), made at its first purchase.
     stripe_customer_id: str | None = Field(default=None, max_length=255)
     stripe_test_customer_id: str | None = Field(default=None, max_length=255)
+    # Where alerts are POSTed (set by an owner), and the secret that signs them, sealed.
+    alert_webhook_url: str | None = Field(default=None, max_length=2000)
+    alert_webhook_sealed: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 

@@ -11,7 +11,8 @@ from starlette.responses import RedirectResponse, Response
 
 from auxen.auth.oauth import SCOPE_DESCRIPTIONS
 from auxen.auth.oauth.consents import Consents
-from auxen.store.models import User
+from auxen.billing.alerts import recent_alerts
+from auxen.store.models import Role, User
 from auxen.tools import accounts, mfa
 from auxen.tools.errors import AuxenError, RateLimited
 from auxen.web.pages import CsrfError, Pages, client_address
@@ -34,12 +35,20 @@ class AccountPages:
     async def _render(
         self, request: Request, user: User, status: int = 200, **context: Any
     ) -> Response:
+        workspaces = await accounts.workspaces_of(self.rt, user)
+        alerts = [
+            alert
+            for workspace, role in workspaces
+            if role in (Role.OWNER, Role.ADMIN)
+            for alert in await recent_alerts(self.rt.db, workspace.id, True, limit=5)
+        ]
         return self.pages.render(
             request,
             "account.html",
             status=status,
             user=user,
-            workspaces=await accounts.workspaces_of(self.rt, user),
+            alerts=sorted(alerts, key=lambda a: a.created_at, reverse=True)[:5],
+            workspaces=workspaces,
             recovery_left=await mfa.unused_recovery_codes(self.rt, user) if user.has_totp else 0,
             apps=await self.consents.of_user(user.id),
             scope_descriptions=SCOPE_DESCRIPTIONS,
