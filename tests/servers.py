@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -78,12 +79,29 @@ class AuxenServer:
             timeout=600,
         )
 
-    def init_workspace(self, email: str, *, test: bool = False) -> str:
+    def workspace(
+        self, email: str, *, test: bool = False, usd: str | None = None
+    ) -> tuple[str, str]:
+        """`auxen init`: a new workspace's id and its first account key; with `usd`, the
+        workspace is also granted that much in credits (`auxen credits grant`)."""
         result = self.cli("init", "--email", email, *(["--test"] if test else []))
-        for line in result.stdout.splitlines():
-            if line.startswith(("auxen_live_", "auxen_test_")):
-                return line.strip()
-        raise AssertionError(f"auxen init printed no key:\n{result.stdout}\n{result.stderr}")
+        found = re.search(r"workspace (ws_\w+)", result.stdout)
+        key = next(
+            (x for x in result.stdout.split() if x.startswith(("auxen_live_", "auxen_test_"))),
+            None,
+        )
+        if found is None or key is None:
+            raise AssertionError(f"auxen init printed no key:\n{result.stdout}\n{result.stderr}")
+        if usd is not None:
+            granted = self.cli(
+                "credits", "grant", "--workspace", found.group(1), "--usd", usd,
+                "--reference", f"grant-{email}", *(["--test"] if test else []),
+            )  # fmt: skip
+            assert "granted" in granted.stdout, granted.stdout + granted.stderr
+        return found.group(1), key
+
+    def init_workspace(self, email: str, *, test: bool = False, usd: str | None = None) -> str:
+        return self.workspace(email, test=test, usd=usd)[1]
 
     def start(self) -> AuxenServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)

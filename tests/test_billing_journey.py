@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import re
 import signal
 import threading
 import time
@@ -43,13 +42,8 @@ class Bank:
 
     def workspace(self, email: str, usd: str | None = None) -> tuple[str, httpx2.Client]:
         """A test-mode workspace (its id and a client with its key), with credits."""
-        made = self.server.cli("init", "--email", email, "--test")
-        ws = re.search(r"workspace (ws_\w+)", made.stdout)
-        key = next(x for x in made.stdout.split() if x.startswith("auxen_test_"))
-        assert ws, made.stdout
-        if usd:
-            self.grant(ws.group(1), usd)
-        return ws.group(1), self.server.client(key)
+        workspace_id, key = self.server.workspace(email, test=True, usd=usd)
+        return workspace_id, self.server.client(key)
 
     def grant(self, workspace_id: str, usd: str) -> None:
         done = self.server.cli(

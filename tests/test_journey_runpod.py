@@ -84,7 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
             "AUXEN_USAGE_STREAM_STALE_S": "3",
         },
     )
-    key = server.init_workspace("owner@example.com")
+    key = server.init_workspace("owner@example.com", usd="100")  # RunPod GPUs cost money
     server.start()
     try:
         yield World(server, standin, key)

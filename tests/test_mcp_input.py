@@ -232,7 +232,7 @@ def test_quote_prices_without_creating_anything(world: World) -> None:
     assert quote["max_cost_micros"] == 0 and quote["provider"] == "local"
     catalog = structured(asyncio.run(call(world, "list_models", {})))
     assert {g["id"] for g in catalog["gpu_types"]} == {"cpu", "local-gpu"}
-    assert catalog["tiers"] == ["dedicated"]
+    assert catalog["tiers"] == ["dedicated", "shared-small"]
     assert world.snapshot() == before
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import re
 import signal
 import threading
 import time
@@ -40,15 +39,7 @@ class Shared:
     model: str
 
     def workspace(self, email: str, usd: str) -> tuple[str, str]:
-        made = self.server.cli("init", "--email", email)
-        ws = re.search(r"workspace (ws_\w+)", made.stdout)
-        key = next(x for x in made.stdout.split() if x.startswith("auxen_live_"))
-        assert ws
-        self.server.cli(
-            "credits", "grant", "--workspace", ws.group(1), "--usd", usd,
-            "--reference", f"start-{email}",
-        )  # fmt: skip
-        return ws.group(1), key
+        return self.server.workspace(email, usd=usd)
 
     def provision(self, key: str) -> dict[str, Any]:
         http = self.server.client(key)
@@ -242,6 +233,16 @@ def test_an_abandoned_stream_is_charged_for_what_was_generated(shared: Shared) -
             if seen >= 5:
                 break  # the caller hangs up
     shared.settled(ws)
+    deadline = time.monotonic() + 10  # usage rows are written in batches
+    while (
+        not shared.sql(
+            "SELECT COUNT(*) FROM usage_record "
+            "WHERE instance_id = :i AND outcome = 'client_closed'",
+            i=instance["id"],
+        )[0][0]
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
     ((prompt, completion, reserved, charged),) = shared.sql(
         "SELECT u.prompt_tokens, u.completion_tokens, r.amount_micros, l.amount_micros "
         "FROM usage_record u, reservation r JOIN ledger_entry l ON l.reservation_id = r.id "
