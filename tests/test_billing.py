@@ -17,6 +17,7 @@ from auxen.billing.ledger import Ledger, Spend
 from auxen.store.db import Database
 from auxen.store.models import CapScope, LedgerKind, SpendingCap, Workspace
 from auxen.tools.errors import OverBudget
+from tests.ledger_checks import SETTLEMENTS
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +57,7 @@ async def ledger_is_consistent(db: Database, ws: str) -> None:
     """Every closed reservation was charged plus released exactly what it held; every
     open one has neither."""
     async with db.engine.connect() as conn:
-        rows = await conn.execute(
-            sa.text(
-                "SELECT r.id, r.amount_micros, r.open, "
-                "COALESCE(SUM(CASE WHEN l.kind IN ('charge', 'release') "
-                "THEN l.amount_micros END), 0) "
-                "FROM reservation r LEFT JOIN ledger_entry l ON l.reservation_id = r.id "
-                "WHERE r.workspace_id = :ws GROUP BY r.id, r.amount_micros, r.open"
-            ),
-            {"ws": ws},
-        )
+        rows = await conn.execute(sa.text(SETTLEMENTS), {"w": ws})
         for rid, amount, is_open, settled in rows.all():
             assert settled == (0 if is_open else amount), rid
 

@@ -22,9 +22,8 @@ from typing import Any
 
 import httpx2
 import pytest
-import sqlalchemy as sa
 
-from auxen.store.db import Database
+from tests.ledger_checks import settled_exactly, sql
 from tests.mcp_clients import error_text, http_client, structured
 from tests.servers import AuxenServer, wait_for_state
 from tests.stripe_standin import StripeStandIn, sign
@@ -53,27 +52,10 @@ class Bank:
         assert "granted" in done.stdout, done.stdout + done.stderr
 
     def sql(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
-        async def run() -> list[tuple[Any, ...]]:
-            db = Database(self.server.database_url)
-            try:
-                async with db.engine.connect() as conn:
-                    return [tuple(r) for r in (await conn.execute(sa.text(query), params)).all()]
-            finally:
-                await db.close()
-
-        return asyncio.run(run())
+        return sql(self.server.database_url, query, **params)
 
     def consistent(self, workspace_id: str) -> None:
-        """Every closed reservation was charged plus released exactly what it held."""
-        rows = self.sql(
-            "SELECT r.id, r.amount_micros, r.open, COALESCE(SUM(CASE WHEN l.kind IN "
-            "('charge', 'release') THEN l.amount_micros END), 0) FROM reservation r "
-            "LEFT JOIN ledger_entry l ON l.reservation_id = r.id WHERE r.workspace_id = :ws "
-            "GROUP BY r.id, r.amount_micros, r.open",
-            ws=workspace_id,
-        )
-        for rid, amount, is_open, settled in rows:
-            assert settled == (0 if is_open else amount), rid
+        settled_exactly(self.server.database_url, workspace_id)
 
     def charged(self, instance_id: str) -> int:
         return int(

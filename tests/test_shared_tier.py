@@ -19,9 +19,8 @@ from typing import Any
 
 import httpx2
 import pytest
-import sqlalchemy as sa
 
-from auxen.store.db import Database
+from tests.ledger_checks import settled_exactly, sql
 from tests.mcp_clients import http_client, structured
 from tests.servers import AuxenServer, wait_for_state
 
@@ -50,36 +49,12 @@ class Shared:
         return {**ready, "instance_key": made.json()["instance_key"]}
 
     def sql(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
-        async def run() -> list[tuple[Any, ...]]:
-            db = Database(self.server.database_url)
-            try:
-                async with db.engine.connect() as conn:
-                    return [tuple(r) for r in (await conn.execute(sa.text(query), params)).all()]
-            finally:
-                await db.close()
-
-        return asyncio.run(run())
+        return sql(self.server.database_url, query, **params)
 
     def settled(self, workspace_id: str) -> None:
-        """Wait until no hold is open, then check every reservation was settled exactly."""
-        deadline = time.monotonic() + 20
-        while (
-            self.sql(
-                "SELECT COUNT(*) FROM reservation WHERE workspace_id = :w AND open", w=workspace_id
-            )[0][0]
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.3)
-        rows = self.sql(
-            "SELECT r.id, r.amount_micros, r.open, COALESCE(SUM(CASE WHEN l.kind IN "
-            "('charge', 'release') THEN l.amount_micros END), 0) FROM reservation r "
-            "LEFT JOIN ledger_entry l ON l.reservation_id = r.id WHERE r.workspace_id = :w "
-            "GROUP BY r.id, r.amount_micros, r.open",
-            w=workspace_id,
-        )
-        assert rows and all(
-            not is_open and settled == amount for _, amount, is_open, settled in rows
-        )
+        """Every hold closed (waiting for the last ones) and settled exactly."""
+        still_open = settled_exactly(self.server.database_url, workspace_id, wait_s=20)
+        assert still_open and not any(still_open)
 
     def charges_match_usage(self, instance_id: str) -> None:
         """Each finished call was charged exactly its tokens at the shared price (usage
