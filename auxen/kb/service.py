@@ -57,10 +57,9 @@ class KnowledgeEngine:
         """Several documents at once: their chunks are embedded together, in full
         batches (small documents alone would make small, slow batches), then each
         document is stored in its own commit. Returns each one's number of chunks."""
-        split = [
-            [c.text for c in await asyncio.to_thread(self.chunker.split, text)]
-            for _, text in documents
-        ]
+        split = await asyncio.to_thread(
+            lambda: [[c.text for c in self.chunker.split(text)] for _, text in documents]
+        )
         everything = [t for texts in split for t in texts]
         if not everything:
             return [0] * len(documents)
@@ -69,8 +68,9 @@ class KnowledgeEngine:
         for (document_id, _), texts in zip(documents, split, strict=True):
             if texts:
                 part = vectors[start : start + len(texts)]
-                await self.store.add(workspace_id, kb_id, document_id, texts, part)
+                await self.store.add(workspace_id, kb_id, document_id, texts, part, maintain=False)
             start += len(texts)
+        await self.store.maintain(workspace_id, kb_id)  # once per request, not per document
         return [len(texts) for texts in split]
 
     async def embed_query(self, query: str) -> Vectors:

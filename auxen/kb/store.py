@@ -92,9 +92,17 @@ class ChunkStore:
             return None
 
     async def add(
-        self, workspace_id: str, kb_id: str, document_id: str, texts: list[str], vectors: Vectors
+        self,
+        workspace_id: str,
+        kb_id: str,
+        document_id: str,
+        texts: list[str],
+        vectors: Vectors,
+        *,
+        maintain: bool = True,
     ) -> None:
-        """Append one document's chunks in a single commit (all of them or none)."""
+        """Append one document's chunks in a single commit (all of them or none).
+        `maintain=False` leaves index upkeep to one `maintain()` after several adds."""
         batch = pa.table(
             {
                 "chunk_id": [f"{document_id}:{i}" for i in range(len(texts))],
@@ -115,7 +123,15 @@ class ChunkStore:
                 await table.create_index("text", config=FTS(with_position=False))
             else:
                 await table.add(batch)
-            await self._maintain_indexes(table)
+            if maintain:
+                await self._maintain_indexes(table)
+
+    async def maintain(self, workspace_id: str, kb_id: str) -> None:
+        """Index upkeep after a request's documents were added (see `add`)."""
+        async with self.write_lock(workspace_id, kb_id):
+            table = await self._open(workspace_id, kb_id)
+            if table is not None:
+                await self._maintain_indexes(table)
 
     async def _maintain_indexes(self, table: Any) -> None:
         indexes = {i.columns[0]: i for i in await table.list_indices()}
