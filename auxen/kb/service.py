@@ -55,8 +55,8 @@ class KnowledgeEngine:
         self, workspace_id: str, kb_id: str, documents: list[tuple[str, str]]
     ) -> list[int]:
         """Several documents at once: their chunks are embedded together, in full
-        batches (small documents alone would make small, slow batches), then each
-        document is stored in its own commit. Returns each one's number of chunks."""
+        batches (small documents alone would make small, slow batches), then stored in
+        one commit (the request is all or nothing). Returns each one's number of chunks."""
         split = await asyncio.to_thread(
             lambda: [[c.text for c in self.chunker.split(text)] for _, text in documents]
         )
@@ -64,13 +64,11 @@ class KnowledgeEngine:
         if not everything:
             return [0] * len(documents)
         vectors = await self.embedder.embed(everything)
-        start = 0
+        parts, start = [], 0
         for (document_id, _), texts in zip(documents, split, strict=True):
-            if texts:
-                part = vectors[start : start + len(texts)]
-                await self.store.add(workspace_id, kb_id, document_id, texts, part, maintain=False)
+            parts.append((document_id, texts, vectors[start : start + len(texts)]))
             start += len(texts)
-        await self.store.maintain(workspace_id, kb_id)  # once per request, not per document
+        await self.store.add(workspace_id, kb_id, parts)  # one commit for the request
         return [len(texts) for texts in split]
 
     async def embed_query(self, query: str) -> Vectors:

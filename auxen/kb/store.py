@@ -16,11 +16,13 @@ import asyncio
 import logging
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import lancedb
+import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS, IvfPq
 
@@ -95,19 +97,27 @@ class ChunkStore:
         self,
         workspace_id: str,
         kb_id: str,
-        document_id: str,
-        texts: list[str],
-        vectors: Vectors,
-        *,
-        maintain: bool = True,
+        documents: Sequence[tuple[str, list[str], Vectors]],
     ) -> None:
-        """Append one document's chunks in a single commit (all of them or none).
-        `maintain=False` leaves index upkeep to one `maintain()` after several adds."""
+        """Append the chunks of these documents (id, texts, vectors) in a single commit:
+        all of them or none, then index upkeep once."""
+        chunk_ids: list[str] = []
+        document_ids: list[str] = []
+        ordinals: list[int] = []
+        texts: list[str] = []
+        for document_id, doc_texts, _ in documents:
+            chunk_ids += [f"{document_id}:{i}" for i in range(len(doc_texts))]
+            document_ids += [document_id] * len(doc_texts)
+            ordinals += range(len(doc_texts))
+            texts += doc_texts
+        if not texts:
+            return
+        vectors = np.concatenate([v for _, _, v in documents])
         batch = pa.table(
             {
-                "chunk_id": [f"{document_id}:{i}" for i in range(len(texts))],
-                "document_id": [document_id] * len(texts),
-                "ordinal": pa.array(range(len(texts)), pa.int32()),
+                "chunk_id": chunk_ids,
+                "document_id": document_ids,
+                "ordinal": pa.array(ordinals, pa.int32()),
                 "text": texts,
                 "vector": pa.FixedSizeListArray.from_arrays(
                     pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1]
@@ -123,15 +133,7 @@ class ChunkStore:
                 await table.create_index("text", config=FTS(with_position=False))
             else:
                 await table.add(batch)
-            if maintain:
-                await self._maintain_indexes(table)
-
-    async def maintain(self, workspace_id: str, kb_id: str) -> None:
-        """Index upkeep after a request's documents were added (see `add`)."""
-        async with self.write_lock(workspace_id, kb_id):
-            table = await self._open(workspace_id, kb_id)
-            if table is not None:
-                await self._maintain_indexes(table)
+            await self._maintain_indexes(table)
 
     async def _maintain_indexes(self, table: Any) -> None:
         indexes = {i.columns[0]: i for i in await table.list_indices()}

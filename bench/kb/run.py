@@ -85,7 +85,7 @@ async def retrieval(engine: KnowledgeEngine, size: int, queries: int) -> dict[st
         vectors = base[idx] + rng.normal(0, 0.03, (n, base.shape[1])).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         texts = [f"{base_texts[i]} [copy {start + k}]" for k, i in enumerate(idx)]
-        await engine.store.add("ws_bench", kb, f"doc_batch{start}", texts, vectors)
+        await engine.store.add("ws_bench", kb, [(f"doc_batch{start}", texts, vectors)])
         vectors_all.append(vectors)
     matrix = np.concatenate(vectors_all)
     questions = [q for q, _ in SET["questions"]]
