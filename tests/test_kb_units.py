@@ -3,7 +3,11 @@ reciprocal-rank fusion, reading HTML, and MiniLM's vectors."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from auxen.kb.chunking import Chunker, load_tokenizer
 from auxen.kb.documents import extract_text, resolve_content_type
@@ -76,3 +80,38 @@ def test_minilm_gives_normalised_384_dimension_vectors_that_mean_something() -> 
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     similar, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
     assert similar > 0.5 > 0.2 > unrelated
+
+
+def test_the_vector_index_grows_with_its_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built once the table passes the threshold, rebuilt with more partitions when the
+    table doubles (rows added later join the partitions they find), never two at once."""
+    from auxen.kb import store as store_module
+
+    monkeypatch.setattr(store_module, "ROWS_PER_PARTITION", 100)
+    chunks = store_module.ChunkStore(str(tmp_path / "kb"), ann_threshold=256)
+    rng = np.random.default_rng(7)
+
+    def rows(n: int) -> np.ndarray:
+        vectors = rng.normal(size=(n, 384)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    async def vector_indexes() -> list[str]:
+        table = await chunks._open("ws_units", "kb_units")
+        return [i.name for i in await table.list_indices() if i.columns == ["vector"]]
+
+    async def run() -> None:
+        await chunks.add("ws_units", "kb_units", [("doc_a", ["a"] * 200, rows(200))])
+        assert await vector_indexes() == []  # below the threshold: exact scans
+        await chunks.add("ws_units", "kb_units", [("doc_b", ["b"] * 100, rows(100))])
+        assert await vector_indexes() == ["vector_ivf3"]
+        await chunks.add("ws_units", "kb_units", [("doc_c", ["c"] * 200, rows(200))])
+        assert await vector_indexes() == ["vector_ivf3"]  # 5 wanted: not yet double
+        await chunks.add("ws_units", "kb_units", [("doc_d", ["d"] * 150, rows(150))])
+        assert await vector_indexes() == ["vector_ivf6"]
+        probe = rows(1)[0]
+        near, _ = await chunks.search("ws_units", "kb_units", probe, "", 5)
+        assert len(near) == 5
+
+    asyncio.run(run())

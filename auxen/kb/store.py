@@ -24,7 +24,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import FTS, IvfPq
+from lancedb.index import FTS, IvfFlat
 
 from auxen.kb.embeddings import Vectors
 
@@ -34,6 +34,11 @@ _ID = re.compile(r"^[a-z]{1,8}_[A-Za-z0-9]{1,40}$")
 # Rows appended since the indexes were last brought up to date; beyond this many the
 # next write folds them in (until then queries scan them exactly).
 REINDEX_AFTER_ROWS = 2_000
+# IVF-Flat (exact distances within the partitions searched): on a 100k-chunk table of
+# MiniLM vectors, 5 of 24 partitions find about 97% of the true top 20 in ~4-5 ms, where
+# IVF-PQ (with a refine step) found 59% in ~5 ms and took 30 times longer to build.
+ANN_PROBES = 5
+ROWS_PER_PARTITION = 4096
 COLUMNS = ["chunk_id", "document_id", "ordinal", "text"]
 
 
@@ -138,11 +143,18 @@ class ChunkStore:
     async def _maintain_indexes(self, table: Any) -> None:
         indexes = {i.columns[0]: i for i in await table.list_indices()}
         rows = await table.count_rows()
-        if "vector" not in indexes and rows >= self.ann_threshold:
-            partitions = max(1, min(1024, rows // 4096))
+        # The vector index's partitions are fixed when it is built; rows added later join
+        # them, so a table that doubled since then gets its index built again with more
+        # (its name records how many), or every search would probe a large share of it.
+        wanted = max(1, min(1024, rows // ROWS_PER_PARTITION))
+        built = _partitions_of(indexes["vector"].name) if "vector" in indexes else 0
+        if rows >= self.ann_threshold and (built == 0 or wanted >= 2 * built):
+            if "vector" in indexes:
+                await table.drop_index(indexes["vector"].name)
             await table.create_index(
                 "vector",
-                config=IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=48),
+                config=IvfFlat(distance_type="cosine", num_partitions=wanted),
+                name=f"vector_ivf{wanted}",
             )
             return
         stats = await table.index_stats(indexes["text"].name) if "text" in indexes else None
@@ -193,8 +205,7 @@ class ChunkStore:
             table.query()
             .nearest_to(vector.tolist())
             .distance_type("cosine")
-            .nprobes(32)
-            .refine_factor(4)
+            .nprobes(ANN_PROBES)
             .select([*COLUMNS, "_distance"])
             .limit(limit)
         )
@@ -226,3 +237,9 @@ class ChunkStore:
 
     def close(self) -> None:
         self._dbs.clear()
+
+
+def _partitions_of(index_name: str) -> int:
+    """How many partitions a vector index was built with (from its name)."""
+    found = re.fullmatch(r"vector_ivf(\d+)", index_name)
+    return int(found.group(1)) if found else 1
