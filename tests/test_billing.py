@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from auxen.billing.alerts import Alerts
 from auxen.billing.catalog import PriceFileError, TokenPrices, load_prices
 from auxen.billing.ledger import Ledger, Spend
+from auxen.billing.meter import GpuMeter
 from auxen.store.db import Database
-from auxen.store.models import CapScope, LedgerKind, SpendingCap, Workspace
+from auxen.store.models import (
+    CapScope,
+    Instance,
+    InstanceState,
+    LedgerKind,
+    SpendingCap,
+    Workspace,
+)
 from auxen.tools.errors import OverBudget
 from tests.ledger_checks import SETTLEMENTS
 
@@ -172,3 +182,41 @@ def test_price_book(tmp_path: Path) -> None:
         with pytest.raises(PriceFileError):
             load_prices(prices)
     assert Decimal("0.000001") * 1_000_000 == 1
+
+
+async def test_two_processes_metering_one_instance_reserve_each_window_once(db: Database) -> None:
+    """Every server process runs the GPU meter: two at once (two engines) must not both
+    reserve, and so both charge, the same window."""
+    ws = await workspace(db, credits_micros=1_000_000)
+    now = datetime.now(UTC)
+    instance = Instance(
+        workspace_id=ws, livemode=True, model="m", gpu_type="L4", tier="dedicated",
+        provider="local", state=InstanceState.READY, hourly_price_micros=3_600_000,
+        ttl_seconds=3600, expires_at=now + timedelta(hours=1), created_at=now,
+    )  # fmt: skip
+    async with db.system() as session:
+        session.add(instance)
+        await session.commit()
+    other = Database(db.url)
+
+    async def nothing(_id: str, _reason: str) -> None:
+        raise AssertionError("nothing should be destroyed")
+
+    meters = [
+        GpuMeter(d, Ledger(d), 60.0, destroy=nothing, alerts=Alerts(d, bytes(32), production=False))
+        for d in (db, other)
+    ]
+    try:
+        for _ in range(3):
+            await asyncio.gather(*(m.run_once() for m in meters))
+    finally:
+        await other.close()
+    async with db.engine.connect() as conn:
+        windows = (
+            await conn.execute(
+                sa.text("SELECT COUNT(*) FROM reservation WHERE instance_id = :i"),
+                {"i": instance.id},
+            )
+        ).scalar_one()
+    assert windows == 1  # one window of 60 s, reserved once, by whichever came first
+    assert (await Ledger(db).balance(ws, True)).held_micros == 60_000

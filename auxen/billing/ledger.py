@@ -36,6 +36,7 @@ from auxen.store.models import (
     Reservation,
     SpendingCap,
     Workspace,
+    as_utc,
 )
 from auxen.tools.errors import OverBudget
 from auxen.tools.views import micros_to_usd
@@ -115,13 +116,27 @@ class Ledger:
         *,
         window: tuple[datetime, datetime] | None = None,
         adds_hourly_micros: int = 0,
+        unless_paid_beyond: datetime | None = None,
     ) -> str | None:
         """Set `amount_micros` aside for `spend`, or raise OverBudget naming the limit in
         the way. `adds_hourly_micros`: the $/h a new instance adds to the burn rate.
-        None when nothing needs reserving (free work under no burn cap)."""
+        `unless_paid_beyond`: reserve nothing if the instance's GPU time is already
+        reserved past then (another process extended it first; checked under the lock).
+        None when nothing was reserved."""
         if amount_micros < 0:
             raise ValueError("a reservation cannot be negative")
         async with self._wallet(spend.workspace_id, spend.livemode) as conn:
+            if unless_paid_beyond is not None:
+                paid = (
+                    await conn.execute(
+                        sa.select(sa.func.max(Reservation.window_end)).where(
+                            col(Reservation.instance_id) == spend.instance_id,
+                            col(Reservation.window_end).is_not(None),
+                        )
+                    )
+                ).scalar_one()
+                if paid is not None and as_utc(paid) > unless_paid_beyond:
+                    return None
             await self._check_limits(conn, spend, amount_micros, adds_hourly_micros)
             if amount_micros == 0:
                 return None

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from auxen.billing.alerts import Alerts
@@ -97,7 +98,9 @@ class GpuMeter:
             windows = (
                 await session.exec(
                     select(Reservation).where(
-                        col(Reservation.open).is_(True), col(Reservation.purpose) == GPU_TIME
+                        col(Reservation.open).is_(True),
+                        col(Reservation.purpose) == GPU_TIME,
+                        col(Reservation.window_end).is_not(None),
                     )
                 )
             ).all()
@@ -158,7 +161,10 @@ class GpuMeter:
                 self.spend(instance),
                 self.window_cost(instance),
                 window=(start, start + self.window),
+                unless_paid_beyond=now + self.window / 2,
             )
+        except IntegrityError:
+            return  # another server process reserved this window a moment ago
         except OverBudget as exc:
             log.warning("stopping %s: %s", instance.id, exc.limit)
             await self.alerts.raise_alert(

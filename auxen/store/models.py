@@ -404,6 +404,10 @@ class Reservation(TenantScoped, SQLModel, table=True):
     """Money set aside before work starts: a GPU-time window of an instance, or the most
     a per-token query can cost. Closed when charged and released."""
 
+    # One reservation per GPU window of an instance, whichever process reserves it first
+    # (token holds have no window, and NULLs never collide).
+    __table_args__ = (sa.UniqueConstraint("instance_id", "window_start"),)
+
     id: str = Field(default_factory=lambda: new_id("rsv"), primary_key=True, max_length=32)
     workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
     livemode: bool

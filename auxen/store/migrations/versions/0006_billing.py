@@ -65,6 +65,7 @@ def upgrade() -> None:
         _ts("closed_at"),
         sa.ForeignKeyConstraint(["workspace_id"], ["workspace.id"]),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("instance_id", "window_start"),
     )
     with op.batch_alter_table("reservation", schema=None) as batch_op:
         for column in ("workspace_id", "instance_id", "open"):
