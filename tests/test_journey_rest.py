@@ -164,36 +164,44 @@ def test_streaming_is_not_buffered(world: World) -> None:
 
     On two cores vLLM itself sometimes emits a stream in bursts, so the caller's view is
     compared with the proxy's own record of the upstream stream (the usage row's time to
-    first token and end) rather than with a fixed expectation."""
+    first token and end) rather than with a fixed expectation. A process starved by the
+    scheduler for a second (other vLLM servers warm up on the same two cores) can still
+    bunch one stream up, so up to three streams are tried: a relay that buffers would
+    bunch up every one of them."""
     body = {
         "messages": [{"role": "user", "content": "go"}],
         "max_tokens": 1500,
         "ignore_eos": True,
         "stream": True,
     }
-    content_at: list[float] = []
-    start = time.perf_counter()
-    with httpx2.stream(
-        "POST",
-        f"{world.made['a']['endpoint']}/chat/completions",
-        json=body,
-        headers={"Authorization": f"Bearer {world.made['a']['instance_key']}"},
-        timeout=60,
-    ) as reply:
-        assert reply.status_code == 200
-        assert reply.headers["content-type"].startswith("text/event-stream")
-        for line in reply.iter_lines():
-            if '"content":"' in line and '"content":""' not in line:
-                content_at.append(time.perf_counter() - start)
-    assert len(content_at) > 100
-    time.sleep(0.5)
-    ttft_ms, latency_ms = world.db_rows(
-        "SELECT ttft_ms, latency_ms FROM usage_record WHERE completion_tokens = 1500 "
-        f"AND instance_id = '{world.made['a']['id']}'"
-    )[-1]
-    upstream_spread = (latency_ms - ttft_ms) / 1000
-    caller_spread = content_at[-1] - content_at[0]
-    assert caller_spread >= 0.5 * upstream_spread - 0.05, (caller_spread, upstream_spread)
+    spreads: list[tuple[float, float]] = []
+    for attempt in range(3):
+        content_at: list[float] = []
+        start = time.perf_counter()
+        with httpx2.stream(
+            "POST",
+            f"{world.made['a']['endpoint']}/chat/completions",
+            json={**body, "seed": attempt},
+            headers={"Authorization": f"Bearer {world.made['a']['instance_key']}"},
+            timeout=60,
+        ) as reply:
+            assert reply.status_code == 200
+            assert reply.headers["content-type"].startswith("text/event-stream")
+            for line in reply.iter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    content_at.append(time.perf_counter() - start)
+        assert len(content_at) > 100
+        time.sleep(0.5)
+        ttft_ms, latency_ms = world.db_rows(
+            "SELECT ttft_ms, latency_ms FROM usage_record WHERE completion_tokens = 1500 "
+            f"AND instance_id = '{world.made['a']['id']}' ORDER BY created_at"
+        )[-1]
+        upstream_spread = (latency_ms - ttft_ms) / 1000
+        caller_spread = content_at[-1] - content_at[0]
+        spreads.append((caller_spread, upstream_spread))
+        if caller_spread >= 0.5 * upstream_spread - 0.05:
+            return
+    raise AssertionError(f"every stream reached the caller in one block: {spreads}")
 
 
 def test_usage_is_recorded_without_content(world: World) -> None:
