@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
+import os
 import signal
 import threading
 import time
@@ -93,6 +95,11 @@ def shared(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
         yield Shared(server, str(tiny_model))
     finally:
         server.stop_clean()
+        # The shared server outlives a clean shutdown, as every instance does (the next
+        # start re-attaches); no key reaches it, so the test stops the processes it made.
+        for state in (root / "data" / "instances").glob("*/provider.json"):
+            with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
+                os.killpg(int(json.loads(state.read_text())["pid"]), signal.SIGKILL)
 
 
 def chat(url: str, instance: dict[str, Any], *, max_tokens: int, stream: bool) -> httpx2.Response:
