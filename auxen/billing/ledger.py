@@ -107,6 +107,12 @@ class Ledger:
         async with self.db.engine.connect() as conn:
             return await _committed(conn, workspace_id, livemode, instance_id, client_id, since)
 
+    async def burn_rate(self, workspace_id: str, livemode: bool) -> int:
+        """$/h (micro-dollars) of the workspace's running instances, as the burn cap
+        sees it."""
+        async with self.db.engine.connect() as conn:
+            return await _burn(conn, workspace_id, livemode)
+
     # -- moving money ----------------------------------------------------------------
 
     async def reserve(

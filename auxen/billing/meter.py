@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from auxen.billing.alerts import Alerts
-from auxen.billing.ledger import Ledger, Spend
+from auxen.billing.ledger import BURNING_STATES, Ledger, Spend
 from auxen.store.db import Database
 from auxen.store.models import Instance, Reservation, as_utc
 from auxen.tools.errors import OverBudget
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 GPU_TIME = "gpu_time"
 TOKENS = "tokens"
-METERED_STATES = ("pending", "provisioning", "starting", "ready")
+# Instances burn GPU time from provisioning until they stop (the burn cap counts the same).
+METERED_STATES = BURNING_STATES
 # A reservation whose instance row never appeared (a crash between the two) is released
 # after this long.
 ORPHAN_GRACE = timedelta(seconds=120)

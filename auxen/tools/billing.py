@@ -89,13 +89,7 @@ async def get_balance(rt: Runtime, caller: Caller) -> BalanceView:
         rows = (
             await session.exec(select(SpendingCap).where(col(SpendingCap.livemode) == live))
         ).all()
-        burn = (
-            await session.exec(
-                select(sa.func.coalesce(sa.func.sum(Instance.hourly_price_micros), 0))
-                .where(col(Instance.livemode) == live)
-                .where(col(Instance.state).in_(["pending", "provisioning", "starting", "ready"]))
-            )
-        ).one()
+    burn = await rt.ledger.burn_rate(ws, live)
     caps = []
     for cap in rows:
         used: int | None
@@ -108,7 +102,7 @@ async def get_balance(rt: Runtime, caller: Caller) -> BalanceView:
                 ws, live, client_id=cap.subject, since=month_start(now)
             )
         else:
-            used = int(burn)
+            used = burn
         caps.append(
             CapView(
                 scope=cap.scope,
@@ -127,7 +121,7 @@ async def get_balance(rt: Runtime, caller: Caller) -> BalanceView:
         available_micros=balance.available_micros,
         available_usd=micros_to_usd(balance.available_micros),
         spent_this_month_micros=await rt.ledger.committed(ws, live, since=month_start(now)),
-        burn_rate_micros_per_hour=int(burn),
+        burn_rate_micros_per_hour=burn,
         caps=caps,
         alerts=[
             AlertView(
