@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     data_dir: Path = Path("./data")
     database_url: str | None = None
+    # PostgreSQL: the role the server's connections switch to, so row-level security binds
+    # them even when the URL's user could bypass it; empty when the URL already logs in
+    # as a restricted role (see docs/security.md).
+    database_role: str = "auxen_app"
     master_key: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = 8000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from auxen.auth.authenticate import KeyAuthenticator
@@ -10,7 +11,7 @@ from auxen.billing.catalog import PriceBook, load_prices
 from auxen.billing.ledger import Ledger
 from auxen.billing.meter import GpuMeter
 from auxen.billing.stripe_payments import StripePayments
-from auxen.config import Settings
+from auxen.config import ConfigError, Settings
 from auxen.inference.gateway import InferenceGateway
 from auxen.inference.lifecycle import InstanceManager
 from auxen.inference.providers import build_provider
@@ -18,6 +19,8 @@ from auxen.inference.providers.base import Provider
 from auxen.inference.usage import UsageRecorder
 from auxen.kb.service import KnowledgeEngine
 from auxen.store.db import Database
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,7 +43,7 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         settings.master_key_bytes  # noqa: B018  (fail fast in production without a key)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, role=settings.database_role or None)
         provider = build_provider(settings)
         auth = KeyAuthenticator(db)
         usage = UsageRecorder(db, settings.usage_flush_interval_s)
@@ -68,6 +71,14 @@ class Runtime:
 
     async def start(self, *, background: bool = True) -> None:
         await self.db.migrate()
+        if await self.db.bypasses_row_security():
+            message = (
+                "the database role can bypass row-level security; connect as a role "
+                "without SUPERUSER or BYPASSRLS, or set AUXEN_DATABASE_ROLE"
+            )
+            if self.settings.is_production:
+                raise ConfigError(message)
+            log.warning(message)
         await self.instances.reconcile()
         await self.meter.run_once()  # settle what a crash left reserved
         if background:

@@ -5,7 +5,8 @@ instance's upstream with the upstream key (which never leaves the control plane)
 streams are relayed event by event as they arrive. Upstream is always asked for
 `stream_options.include_usage`; that extra usage chunk is stripped unless the caller
 asked for it. Each call leaves a UsageRecord with counts and timings, never text; the
-request and response bodies are never logged.
+request and response bodies are never logged. Bodies pass `passthrough.sanitise` first:
+only known generation fields are forwarded, and nothing that carries a credential.
 
 On `chat/completions`, an instance with knowledge bases attached gets the passages that
 best match the latest user turn as numbered sources in the system message; the answer
@@ -27,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from auxen.httputil import bearer, openai_error, read_json_body
 from auxen.inference.gateway import Meter, Target, caller_status, upstream_error
+from auxen.inference.passthrough import sanitise
 from auxen.inference.upstream import UpstreamError, UpstreamResponse
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
@@ -70,7 +72,7 @@ class InferenceProxy:
     async def _generate(self, request: Request, path: str) -> Response:
         started = time.perf_counter()
         caller, target = await self.authorize(request)
-        body = await read_json_body(request, self.rt.settings.max_body_bytes)
+        body = sanitise(await read_json_body(request, self.rt.settings.max_body_bytes))
         model = body.get("model")
         if model is None:
             body["model"] = target.model

@@ -5,6 +5,15 @@ Scoping lives here, in the data layer: a session opened with `Database.scoped(ws
 flush a tenant row that belongs to another workspace. Handlers cannot forget the filter.
 `Database.system()` is the explicit, unscoped exception used by key lookup and the
 reconciler.
+
+On PostgreSQL the database enforces the same boundary again with row-level security
+(migration 0012): the application's connections switch to the `auxen_app` role, which
+cannot bypass RLS, and every tenant table's policy admits a row only when its
+`workspace_id` equals the transaction's `auxen.workspace_id` setting, or when the
+connection runs as the system (`auxen.system = on`, the default of the application's
+own connections). A scoped session turns the system flag off and sets the workspace for
+each of its transactions, so even raw SQL through it sees one workspace; a connection of
+the application role that sets nothing sees no tenant row at all.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from auxen.config import normalise_database_url
 from auxen.store.models import TenantScoped
 
 WORKSPACE_KEY = "workspace_id"
+# The PostgreSQL role the application acts as (created by migration 0012).
+APP_ROLE = "auxen_app"
 
 
 class CrossWorkspaceWrite(RuntimeError):
@@ -47,6 +58,21 @@ def _tenant_tables() -> list[Any]:
     return [m.class_ for m in SQLModel._sa_registry.mappers if issubclass(m.class_, TenantScoped)]
 
 
+@event.listens_for(Session, "after_begin")
+def _scope_transaction(session: Session, _transaction: Any, connection: sa.Connection) -> None:
+    """Row-level security: each transaction of a scoped session sees one workspace."""
+    workspace_id = session.info.get(WORKSPACE_KEY)
+    if workspace_id is None or connection.dialect.name != "postgresql":
+        return
+    connection.execute(
+        sa.text(
+            "SELECT set_config('auxen.system', 'off', true), "
+            "set_config('auxen.workspace_id', :ws, true)"
+        ),
+        {"ws": workspace_id},
+    )
+
+
 @event.listens_for(Session, "before_flush")
 def _refuse_cross_workspace_writes(session: Session, _ctx: Any, _instances: Any) -> None:
     workspace_id = session.info.get(WORKSPACE_KEY)
@@ -60,9 +86,14 @@ def _refuse_cross_workspace_writes(session: Session, _ctx: Any, _instances: Any)
 
 
 class Database:
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    """`role`: on PostgreSQL, the role every connection switches to (`SET ROLE`), for a
+    URL whose user may bypass row-level security (a superuser or the tables' owner);
+    None when the URL's user is already the restricted application role."""
+
+    def __init__(self, url: str, *, echo: bool = False, role: str | None = None) -> None:
         self.url = normalise_database_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
+        self.role = None if self.is_sqlite else role
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
@@ -71,6 +102,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine.sync_engine, "connect", self._postgres_session)
         self._sessions = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False
         )
@@ -104,12 +137,44 @@ class Database:
         async with self._sessions() as session:
             yield session
 
+    def _postgres_session(self, dbapi_connection: Any, _record: Any) -> None:
+        # Session settings, outside any transaction (a rolled-back one would undo them).
+        # The application's own connections act as the system unless a scoped session
+        # narrows a transaction to one workspace (see the module docstring).
+        statements = "SET auxen.system = 'on'"
+        if self.role is not None:
+            statements = f"SET ROLE {_quoted_identifier(self.role)}; {statements}"
+        dbapi_connection.run_async(lambda conn: conn.execute(statements))
+
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision, as the URL's own user (the
+        tables' owner), not as the restricted application role."""
         from auxen.store.migrate import upgrade_to_head
 
-        async with self.engine.begin() as conn:
-            await conn.run_sync(upgrade_to_head)
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}} if self.is_sqlite else {}
+        engine = create_async_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade_to_head)
+        finally:
+            await engine.dispose()
+
+    async def bypasses_row_security(self) -> bool:
+        """Whether this database's connections could read past row-level security (a
+        superuser or a BYPASSRLS role). Always False on SQLite, which has none."""
+        if self.is_sqlite:
+            return False
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
+                    )
+                )
+            ).one()
+        return bool(row[0])
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -119,6 +184,10 @@ class Database:
         if self._locking_engine is not None:
             await self._locking_engine.dispose()
         await self.engine.dispose()
+
+
+def _quoted_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -20,4 +20,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def upgrade_to_head(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Row-level security is forced even on the tables' owner; migrations that move
+        # data act for the system (see auxen.store.db).
+        connection.exec_driver_sql("SET auxen.system = 'on'")
     command.upgrade(alembic_config(connection), "head")
