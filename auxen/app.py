@@ -19,6 +19,7 @@ from auxen.config import Settings
 from auxen.inference.proxy import InferenceProxy
 from auxen.mcp_server.http import McpEndpoint
 from auxen.rest.billing import BillingApi
+from auxen.rest.credentials import CredentialsApi
 from auxen.rest.errors import auxen_error, http_error, unexpected_error
 from auxen.rest.handlers import RestApi
 from auxen.rest.knowledge import KnowledgeApi
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     rest = RestApi(rt)
     money = BillingApi(rt)
     kb = KnowledgeApi(rt)
+    creds = CredentialsApi(rt)
 
     async def health(request: Request) -> Response:
         await rt.db.ping()
@@ -69,6 +71,10 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/v1/alerts/webhook", money.alert_webhook, methods=["PUT"]),
         Route("/v1/credits/checkout", money.checkout, methods=["POST"]),
         Route("/v1/stripe/webhook", money.stripe_webhook, methods=["POST"]),
+        # The workspace's own provider credentials (BYOK): write-only secrets.
+        Route("/v1/credentials", creds.list_all, methods=["GET"]),
+        Route("/v1/credentials/{provider}", creds.put, methods=["PUT"]),
+        Route("/v1/credentials/{provider}", creds.delete, methods=["DELETE"]),
         # Knowledge bases, their documents, and the instances that retrieve from them.
         Route("/v1/knowledge-bases", kb.create, methods=["POST"]),
         Route("/v1/knowledge-bases", kb.list_all, methods=["GET"]),

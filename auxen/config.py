@@ -169,12 +169,12 @@ class Settings(BaseSettings):
     def master_key_bytes(self) -> bytes:
         """The 32-byte master key every sealing key is derived from."""
         if self.master_key is not None:
-            return decode_master_key(self.master_key.get_secret_value())
+            key = decode_master_key(self.master_key.get_secret_value())
+            return check_master_key(key) if self.is_production else key
         if self.is_production:
             raise ConfigError(
                 "AUXEN_MASTER_KEY is required when AUXEN_ENV=production "
-                '(32 random bytes, base64: `python -c "import secrets,base64;'
-                'print(base64.b64encode(secrets.token_bytes(32)).decode())"`)'
+                "(32 random bytes, base64: make one with `auxen master-key generate`)"
             )
         return _dev_master_key(self.data_dir.resolve())
 
@@ -192,13 +192,26 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def decode_master_key(value: str) -> bytes:
+def decode_master_key(value: str, name: str = "AUXEN_MASTER_KEY") -> bytes:
     try:
-        key = base64.b64decode(value, validate=True)
+        key = base64.b64decode(value.strip(), validate=True)
     except ValueError as exc:
-        raise ConfigError("AUXEN_MASTER_KEY must be base64") from exc
+        raise ConfigError(f"{name} must be base64") from exc
     if len(key) != 32:
-        raise ConfigError("AUXEN_MASTER_KEY must decode to exactly 32 bytes")
+        raise ConfigError(f"{name} must decode to exactly 32 bytes")
+    return key
+
+
+def check_master_key(key: bytes) -> bytes:
+    """Refuse keys no random generator makes (each test fails for random bytes with odds
+    below one in ten million): few distinct bytes (all zeros, a repeated pattern), only
+    printable characters (text typed in), or a run of counting bytes."""
+    typed = all(0x20 <= b < 0x7F for b in key)
+    if len(set(key)) < 20 or typed or key in (bytes(range(32)), bytes(range(32))[::-1]):
+        raise ConfigError(
+            "the master key is weak (it is not 32 random bytes); make one with "
+            "`auxen master-key generate`"
+        )
     return key
 
 

@@ -5,6 +5,8 @@ It is the only stand-in in the tests, because no test can reach RunPod. Two real
 servers on 127.0.0.1 run in a background thread: the API (`/v2/pods`, Bearer auth,
 RFC 9457 problem bodies, RateLimit headers on 429, unknown create fields refused with 422)
 and the proxy (`/{pod_id}/...`, the stand-in for `https://{pod_id}-8000.proxy.runpod.net`).
+Each API key is an account that sees and deletes only its own pods (`add_account`), as a
+workspace's own RunPod key (BYOK) would on RunPod.
 
 Pods run a real vLLM CPU server with the tiny test model. vLLM takes a minute to start on
 these machines, so pods asking for the same served model name share one vLLM process
@@ -58,6 +60,7 @@ class Pod:
     body: dict[str, Any]
     created: float = field(default_factory=time.monotonic)
     status: str = "PROVISIONING"
+    account: str = ""  # the API key of the RunPod account it runs in
 
     def view(self) -> dict[str, Any]:
         return {
@@ -95,6 +98,9 @@ class RunpodStandin:
         self.model_dir = model_dir
         self.log_dir = log_dir
         self.api_key = api_key
+        # RunPod accounts, by API key: each sees and deletes only its own pods. The
+        # deployment's is `api_key`; a workspace's own (BYOK) is added with add_account.
+        self.accounts: set[str] = {api_key}
         self.api_port = free_port()
         self.proxy_port = free_port()
         self.pods: dict[str, Pod] = {}
@@ -141,6 +147,9 @@ class RunpodStandin:
 
     def live_pods(self, prefix: str = "") -> list[Pod]:
         return [p for p in self.pods.values() if p.name.startswith(prefix)]
+
+    def add_account(self, api_key: str) -> None:
+        self.accounts.add(api_key)
 
     def vanish(self, pod_id: str) -> None:
         self.pods.pop(pod_id, None)
@@ -266,7 +275,7 @@ class RunpodStandin:
 
     async def _faults(self, request: Request) -> Response | None:
         self.requests.append((request.method, request.url.path))
-        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+        if _account(request) not in self.accounts:
             return problem(401, "Unauthorized", "missing or invalid API key")
         if self.rate_limit_next > 0:
             self.rate_limit_next -= 1
@@ -295,7 +304,8 @@ class RunpodStandin:
             return refused
         if request.method == "GET":
             await self._hold_if_timing_out()
-            return JSONResponse([p.view() for p in self.pods.values()])
+            account = _account(request)
+            return JSONResponse([p.view() for p in self.pods.values() if p.account == account])
         body = await request.json()
         unknown = set(body) - CREATE_FIELDS
         if unknown:
@@ -312,7 +322,7 @@ class RunpodStandin:
             return problem(400, "Bad Request", "gpu must be {id, count}")
         if gpu["id"] in self.capacity_gpu_ids:
             return problem(400, "Bad Request", CAPACITY_DETAIL)
-        pod = Pod(id=secrets.token_hex(7), name=body["name"], body=body)
+        pod = Pod(id=secrets.token_hex(7), name=body["name"], body=body, account=_account(request))
         self.pods[pod.id] = pod
         self.created.append(body)
         await self._hold_if_timing_out()
@@ -326,7 +336,7 @@ class RunpodStandin:
             return refused
         pod_id = request.path_params["pod_id"]
         pod = self.pods.get(pod_id)
-        if pod is None:
+        if pod is None or pod.account != _account(request):  # another account's: unseen
             return problem(404, "Not Found", f"pod {pod_id} not found")
         if request.method == "GET":
             await self._hold_if_timing_out()
@@ -370,6 +380,10 @@ class RunpodStandin:
             media_type=upstream.headers.get("content-type"),
             background=BackgroundTask(upstream.aclose),
         )
+
+
+def _account(request: Request) -> str:
+    return request.headers.get("authorization", "").removeprefix("Bearer ")
 
 
 def problem(

@@ -8,6 +8,7 @@ instance in a truthful state, and the interrupted stream's usage recorded."""
 from __future__ import annotations
 
 import contextlib
+import secrets
 import signal
 import sqlite3
 import threading
@@ -292,6 +293,34 @@ def test_a_pod_that_never_answers_fails_after_the_ready_timeout(world: World) ->
         world.standin.never_ready = False
     assert failed["state"] == "failed" and "not ready after 6s" in failed["last_error"]
     assert world.pods_of(made["id"]) == []
+
+
+def test_a_workspace_with_its_own_runpod_key_runs_pods_in_its_account(world: World) -> None:
+    own_key, hf_token = "rpa_" + secrets.token_hex(16), "hf_" + secrets.token_hex(17)
+    world.standin.add_account(own_key)
+    _, key = world.server.workspace("byok@example.com", usd="50")
+    http = world.server.client(key)
+    for provider, secret in (("runpod", own_key), ("huggingface", hf_token)):
+        stored = http.put(f"/v1/credentials/{provider}", json={"secret": secret})
+        assert stored.status_code == 200, stored.text
+        assert secret not in stored.text and stored.json()["last4"] == secret[-4:]
+    made = http.post("/v1/instances", json={"model": MODEL}).json()
+    wait_until(lambda: http.get(f"/v1/instances/{made['id']}").json()["state"] == "ready",
+               "the BYOK pod to be ready", timeout=400)  # fmt: skip
+    pods = world.standin.live_pods(f"{PREFIX}{made['id']}")
+    assert [p.account for p in pods] == [own_key]  # in the workspace's own account
+    assert pods[0].body["env"]["HF_TOKEN"] == hf_token  # its own token, for gated models
+    # A reconcile pass finds the pod in that account (it is no orphan, nor lost).
+    report = world.server.cli("reconcile")
+    assert made["id"] not in report.stdout and pods[0].id not in report.stdout, report.stdout
+    assert http.get(f"/v1/instances/{made['id']}").json()["state"] == "ready"
+    # The key cannot change under a running pod; after destroy it can.
+    changed = http.put("/v1/credentials/runpod", json={"secret": "rpa_" + "x" * 20})
+    assert changed.status_code == 409 and changed.json()["error"]["param"] == "provider"
+    assert http.delete(f"/v1/instances/{made['id']}").json()["state"] == "destroyed"
+    assert world.standin.live_pods(f"{PREFIX}{made['id']}") == []
+    assert pods[0].id in world.standin.deleted
+    assert http.delete("/v1/credentials/runpod").status_code == 204
 
 
 def test_no_orphaned_or_duplicate_pods_and_truthful_states(world: World) -> None:

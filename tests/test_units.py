@@ -82,6 +82,40 @@ def test_production_refuses_to_start_without_a_master_key(tmp_path: Path) -> Non
         _ = Settings(master_key="c2hvcnQ=").master_key_bytes
 
 
+@pytest.mark.parametrize(
+    "weak",
+    [bytes(32), b"password" * 4, bytes(range(32)), b"0123456789abcdef" * 2],
+    ids=["zeros", "typed-text", "counting", "hex-text"],
+)
+def test_production_refuses_a_weak_master_key(weak: bytes, tmp_path: Path) -> None:
+    key = base64.b64encode(weak).decode()
+    with pytest.raises(ConfigError, match="weak"):
+        _ = Settings(env="production", master_key=key, data_dir=tmp_path).master_key_bytes
+    assert not (tmp_path / "master.key").exists()
+
+
+def test_server_refuses_production_with_a_weak_master_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUXEN_")}
+    env.update(
+        AUXEN_ENV="production",
+        AUXEN_DATA_DIR=str(tmp_path),
+        AUXEN_MASTER_KEY=base64.b64encode(bytes(32)).decode(),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "auxen.cli.main", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "weak" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written: no key file, no database
+
+
 def test_development_generates_one_master_key_and_keeps_it(tmp_path: Path) -> None:
     first = Settings(data_dir=tmp_path).master_key_bytes
     assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600

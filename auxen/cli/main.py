@@ -211,6 +211,64 @@ def credits_grant(
     out.print("granted" if granted else f"already granted with reference {reference}")
 
 
+master_key_app = typer.Typer(help="The master key (operators).", no_args_is_help=True)
+app.add_typer(master_key_app, name="master-key")
+
+
+@master_key_app.command("generate")
+def master_key_generate() -> None:
+    """Print a new random master key (32 bytes, base64) for AUXEN_MASTER_KEY."""
+    import base64
+    import secrets
+
+    print(base64.b64encode(secrets.token_bytes(32)).decode())
+
+
+@master_key_app.command("rotate")
+def master_key_rotate() -> None:
+    """Re-seal every sealed secret under a new master key, in one transaction. The old
+    key comes from AUXEN_MASTER_KEY and the new one from AUXEN_NEW_MASTER_KEY (keys are
+    only ever read from the environment). Stop the servers first; start them again with
+    AUXEN_MASTER_KEY set to the new key. Safe to run again if interrupted."""
+    import os
+
+    from auxen.auth.rotation import RotationError, rotate_master_key
+    from auxen.config import check_master_key, decode_master_key
+    from auxen.store.db import Database
+
+    settings = Settings()
+    try:
+        if settings.master_key is None:
+            raise ConfigError("set AUXEN_MASTER_KEY to the current master key")
+        old = settings.master_key_bytes
+        new_value = os.environ.get("AUXEN_NEW_MASTER_KEY", "")
+        if not new_value:
+            raise ConfigError("set AUXEN_NEW_MASTER_KEY to the new master key")
+        new = check_master_key(decode_master_key(new_value, "AUXEN_NEW_MASTER_KEY"))
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+    async def run() -> Any:
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.migrate()
+            return await rotate_master_key(db, old, new)
+        finally:
+            await db.close()
+
+    try:
+        report = asyncio.run(run())
+    except RotationError as exc:
+        err.print(f"[red]not rotated:[/] {exc}")
+        raise typer.Exit(1) from None
+    for name, count in report.resealed.items():
+        out.print(f"{name}: {count} re-sealed")
+    if report.already_new:
+        out.print(f"{report.already_new} value(s) were already sealed under the new key")
+    out.print("done: start the servers with AUXEN_MASTER_KEY set to the new key")
+
+
 @app.command()
 def migrate() -> None:
     """Bring the database schema up to date."""

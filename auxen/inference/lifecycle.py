@@ -33,10 +33,12 @@ import httpx2
 import sqlalchemy as sa
 from sqlmodel import col, select
 
+from auxen.auth.byok import WorkspaceCredentials, workspace_credentials
 from auxen.auth.sealing import unseal
 from auxen.billing.catalog import PriceBook, load_prices
 from auxen.config import Settings
 from auxen.inference.providers.base import (
+    PROVIDER_ACCOUNT,
     LaunchSpec,
     OwnedResource,
     Provider,
@@ -45,7 +47,15 @@ from auxen.inference.providers.base import (
 )
 from auxen.inference.shared import SHARED_TIER, SharedTier
 from auxen.store.db import Database
-from auxen.store.models import ApiKey, Instance, InstanceState, KbAttachment, UsageRecord, as_utc
+from auxen.store.models import (
+    ApiKey,
+    Instance,
+    InstanceState,
+    KbAttachment,
+    ProviderCredential,
+    UsageRecord,
+    as_utc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +216,7 @@ class InstanceManager:
             if instance.tier == SHARED_TIER:
                 await self.shared.attach(instance)  # no resource of its own
                 return
+            creds = await self._enter_account(instance.workspace_id)
             api_key = self._upstream_key(instance)
             if instance.state is S.PROVISIONING:
                 fallbacks = tuple(filter(None, (instance.gpu_fallbacks or "").split(",")))
@@ -218,6 +229,7 @@ class InstanceManager:
                             served_model_name=instance.model,
                             upstream_api_key=api_key,
                             gpu_fallbacks=fallbacks,
+                            hf_token=creds.hf_token,
                         )
                     )
                 except ProviderError as exc:
@@ -363,6 +375,7 @@ class InstanceManager:
         assert instance is not None
         if instance.state is S.DESTROYED:
             return instance
+        await self._enter_account(instance.workspace_id)
         await self._transition(
             instance_id, [*LIVE_STATES, S.FAILED], S.STOPPING, destroy_reason=reason
         )
@@ -445,10 +458,13 @@ class InstanceManager:
     async def _reconcile_pass(self) -> ReconcileReport:
         report = ReconcileReport()
         report.streams_interrupted = await self._close_dead_streams()
-        owned_list = await self.provider.list_owned()
         owned: dict[str, list[OwnedResource]] = {}
-        for resource in owned_list:
-            owned.setdefault(resource.instance_id, []).append(resource)
+        accounts: dict[str, str | None] = {}  # provider id -> the workspace whose account
+        for account in await self._accounts():
+            async with self._account(account):
+                for resource in await self.provider.list_owned():
+                    owned.setdefault(resource.instance_id, []).append(resource)
+                    accounts[resource.provider_id] = account
         async with self.db.system() as session:
             rows = (
                 await session.exec(
@@ -461,72 +477,8 @@ class InstanceManager:
         for instance in rows:
             if instance.id in self._bring_ups or instance.id in self._destroys:
                 continue
-            resources = owned.get(instance.id, [])
-            leased = (
-                instance.lease_owner is not None
-                and instance.lease_owner != self.owner
-                and instance.lease_expires_at is not None
-                and as_utc(instance.lease_expires_at) > now
-            )
-            if instance.state is S.STOPPING:
-                await self.destroy(instance.id, instance.destroy_reason or "requested")
-                report.destroyed.append(instance.id)
-            elif as_utc(instance.expires_at) <= now:
-                await self.destroy(instance.id, "ttl_expired")
-                report.destroyed.append(instance.id)
-            elif instance.state is S.READY and _idle_for(instance, now) > (
-                instance.idle_timeout_s or float("inf")
-            ):
-                await self.destroy(instance.id, "idle_timeout")
-                report.destroyed.append(instance.id)
-            elif leased:
-                continue  # another live process is bringing it up
-            elif instance.tier == SHARED_TIER:
-                if not await self.shared.check(instance):
-                    await self._fail(instance.id, "its shared server is gone")
-                    report.failed.append(instance.id)
-                elif instance.state is not S.READY and await self._claim(instance.id):
-                    report.resumed.append(instance.id)
-                    self.start_bring_up(instance.id)  # an interrupted wait for its host
-            elif instance.state is S.READY and not resources:
-                await self._fail(
-                    instance.id,
-                    "its resource is gone (it crashed, or was lost or terminated outside "
-                    "Auxen while the control plane was down)",
-                )
-                report.failed.append(instance.id)
-            elif instance.state is S.READY:
-                await self._terminate_extra(instance, resources, report)
-            else:
-                # Interrupted bring-up: adopt the resource it made and finish warm-up;
-                # with none, provisioning asks again (the provider finds a resource an
-                # unanswered create made), a later state has lost its resource.
-                if not await self._claim(instance.id):
-                    continue  # another process took it over a moment ago
-                if resources:
-                    keep = next(
-                        (r for r in resources if r.provider_id == instance.provider_id),
-                        resources[0],
-                    )
-                    await self._transition(
-                        instance.id,
-                        [S.PENDING, S.PROVISIONING, S.STARTING],
-                        S.STARTING,
-                        provider_id=keep.provider_id,
-                        upstream_url=keep.endpoint,
-                    )
-                    instance.provider_id = keep.provider_id
-                    await self._terminate_extra(instance, resources, report)
-                elif instance.state is S.STARTING:
-                    await self._fail(
-                        instance.id, "its resource is gone (lost while the control plane was down)"
-                    )
-                    report.failed.append(instance.id)
-                    continue
-                elif instance.state is S.PENDING:
-                    await self._transition(instance.id, [S.PENDING], S.PROVISIONING)
-                report.resumed.append(instance.id)
-                self.start_bring_up(instance.id)
+            async with self._account(instance.workspace_id):
+                await self._reconcile_instance(instance, owned.get(instance.id, []), now, report)
         live = {i.id for i in rows}
         for instance_id, resources in owned.items():
             if instance_id not in live:
@@ -534,9 +486,120 @@ class InstanceManager:
                     log.warning(
                         "terminating orphaned resource %s of %s", resource.provider_id, instance_id
                     )
-                    await self.provider.terminate(resource.provider_id, instance_id)
+                    async with self._account(accounts[resource.provider_id]):
+                        await self.provider.terminate(resource.provider_id, instance_id)
                     report.orphans_terminated.append(resource.provider_id)
         return report
+
+    async def _reconcile_instance(
+        self,
+        instance: Instance,
+        resources: list[OwnedResource],
+        now: datetime,
+        report: ReconcileReport,
+    ) -> None:
+        leased = (
+            instance.lease_owner is not None
+            and instance.lease_owner != self.owner
+            and instance.lease_expires_at is not None
+            and as_utc(instance.lease_expires_at) > now
+        )
+        if instance.state is S.STOPPING:
+            await self.destroy(instance.id, instance.destroy_reason or "requested")
+            report.destroyed.append(instance.id)
+        elif as_utc(instance.expires_at) <= now:
+            await self.destroy(instance.id, "ttl_expired")
+            report.destroyed.append(instance.id)
+        elif instance.state is S.READY and _idle_for(instance, now) > (
+            instance.idle_timeout_s or float("inf")
+        ):
+            await self.destroy(instance.id, "idle_timeout")
+            report.destroyed.append(instance.id)
+        elif leased:
+            return  # another live process is bringing it up
+        elif instance.tier == SHARED_TIER:
+            if not await self.shared.check(instance):
+                await self._fail(instance.id, "its shared server is gone")
+                report.failed.append(instance.id)
+            elif instance.state is not S.READY and await self._claim(instance.id):
+                report.resumed.append(instance.id)
+                self.start_bring_up(instance.id)  # an interrupted wait for its host
+        elif instance.state is S.READY and not resources:
+            await self._fail(
+                instance.id,
+                "its resource is gone (it crashed, or was lost or terminated outside "
+                "Auxen while the control plane was down)",
+            )
+            report.failed.append(instance.id)
+        elif instance.state is S.READY:
+            await self._terminate_extra(instance, resources, report)
+        else:
+            # Interrupted bring-up: adopt the resource it made and finish warm-up;
+            # with none, provisioning asks again (the provider finds a resource an
+            # unanswered create made), a later state has lost its resource.
+            if not await self._claim(instance.id):
+                return  # another process took it over a moment ago
+            if resources:
+                keep = next(
+                    (r for r in resources if r.provider_id == instance.provider_id),
+                    resources[0],
+                )
+                await self._transition(
+                    instance.id,
+                    [S.PENDING, S.PROVISIONING, S.STARTING],
+                    S.STARTING,
+                    provider_id=keep.provider_id,
+                    upstream_url=keep.endpoint,
+                )
+                instance.provider_id = keep.provider_id
+                await self._terminate_extra(instance, resources, report)
+            elif instance.state is S.STARTING:
+                await self._fail(
+                    instance.id, "its resource is gone (lost while the control plane was down)"
+                )
+                report.failed.append(instance.id)
+                return
+            elif instance.state is S.PENDING:
+                await self._transition(instance.id, [S.PENDING], S.PROVISIONING)
+            report.resumed.append(instance.id)
+            self.start_bring_up(instance.id)
+
+    # -- provider accounts (BYOK) --------------------------------------------------
+
+    async def _accounts(self) -> list[str | None]:
+        """The provider accounts to look for resources in: the deployment's (None), and
+        for providers with per-workspace accounts, every workspace that stores a key."""
+        if not self.provider.accounts_per_workspace:
+            return [None]
+        async with self.db.system() as session:
+            stored = (
+                await session.exec(
+                    select(ProviderCredential.workspace_id).where(
+                        col(ProviderCredential.provider) == self.provider.name
+                    )
+                )
+            ).all()
+        return [None, *sorted(set(stored))]
+
+    async def _enter_account(self, workspace_id: str | None) -> WorkspaceCredentials:
+        """Make the current task's provider calls act in the workspace's own provider
+        account when it stores a key (BYOK); returns its credentials for the launch."""
+        creds = WorkspaceCredentials()
+        if workspace_id is not None:
+            creds = await workspace_credentials(
+                self.db, self.settings.master_key_bytes, workspace_id
+            )
+        PROVIDER_ACCOUNT.set(creds.runpod_api_key if self.provider.accounts_per_workspace else None)
+        return creds
+
+    @contextlib.asynccontextmanager
+    async def _account(self, workspace_id: str | None) -> AsyncIterator[None]:
+        token = PROVIDER_ACCOUNT.set(PROVIDER_ACCOUNT.get())
+        try:
+            await self._enter_account(workspace_id)
+            yield
+        finally:
+            PROVIDER_ACCOUNT.reset(token)
 
     async def _terminate_extra(
         self, instance: Instance, resources: list[OwnedResource], report: ReconcileReport

@@ -463,3 +463,29 @@ class StripeEvent(SQLModel, table=True):
     type: str = Field(max_length=100)
     workspace_id: str | None = Field(default=None, max_length=32)
     processed_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class CredentialProvider(enum.StrEnum):
+    RUNPOD = "runpod"  # the workspace's own RunPod account: its pods run there
+    HUGGINGFACE = "huggingface"  # a Hugging Face token for the gated models it may use
+
+
+class ProviderCredential(TenantScoped, SQLModel, table=True):
+    """A workspace's own provider credential (BYOK): sealed under the workspace's key,
+    never returned; only a fingerprint and its last four characters are shown."""
+
+    __tablename__ = "provider_credential"
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "provider"),)
+
+    id: str = Field(default_factory=lambda: new_id("cred"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    provider: CredentialProvider = Field(
+        sa_column=sa.Column(EnumText(CredentialProvider), nullable=False)
+    )
+    sealed: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    # keyed BLAKE2b (the workspace's key) of the secret, shortened: tells two secrets
+    # apart without saying anything about either.
+    fingerprint: str = Field(max_length=32)
+    last4: str = Field(max_length=4)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

@@ -8,8 +8,14 @@ reports), and reads `ready_timeout_s`.
 from __future__ import annotations
 
 import enum
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
+
+# The account a provider call acts in: a workspace's own provider key (BYOK), set by the
+# lifecycle around the calls it makes for that workspace's instance; None: the
+# deployment's account. A context variable, so concurrent tasks never mix accounts.
+PROVIDER_ACCOUNT: ContextVar[str | None] = ContextVar("provider_account", default=None)
 
 
 class ProviderError(RuntimeError):
@@ -56,6 +62,8 @@ class OwnedResource:
 
 class Provider(Protocol):
     name: str
+    # True when calls may act in a workspace's own account (PROVIDER_ACCOUNT).
+    accounts_per_workspace: bool
     # How long a new resource may take to answer (a GPU pod pulling a large image: long).
     ready_timeout_s: float
 

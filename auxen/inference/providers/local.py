@@ -38,6 +38,7 @@ _SECRET_ENV_PREFIXES = ("AUXEN_", "STRIPE_", "RUNPOD_")
 
 class LocalVllmProvider:
     name = "local"
+    accounts_per_workspace = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -55,6 +56,8 @@ class LocalVllmProvider:
         argv = self._argv(spec, port)
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SECRET_ENV_PREFIXES)}
         env["VLLM_API_KEY"] = spec.upstream_api_key
+        if spec.hf_token:
+            env["HF_TOKEN"] = spec.hf_token  # the workspace's own (BYOK), for gated models
         env["AUXEN_INSTANCE_ID"] = spec.instance_id  # lets operators (and tests) find it
         if self.settings.vllm_cpu_kvcache_gib is not None:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.vllm_cpu_kvcache_gib)

@@ -25,12 +25,14 @@ key is only ever in the Authorization header to AUXEN_RUNPOD_API_URL.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shlex
 from typing import Any
 
 from auxen.config import ConfigError, Settings
 from auxen.inference.providers.base import (
+    PROVIDER_ACCOUNT,
     LaunchSpec,
     OwnedResource,
     ProviderError,
@@ -59,6 +61,7 @@ VLLM_PORT = 8000
 
 class RunpodProvider:
     name = "runpod"
+    accounts_per_workspace = True  # a workspace's own RunPod key runs its pods there
 
     def __init__(self, settings: Settings, api: RunpodApi | None = None) -> None:
         if api is None:
@@ -77,10 +80,25 @@ class RunpodProvider:
         self.settings = settings
         self.ready_timeout_s = settings.runpod_ready_timeout_s
         self.prefix = f"{settings.runpod_pod_prefix}-"
+        self._accounts: dict[bytes, RunpodApi] = {}  # sha256 of a workspace's key -> client
         self._last_seen: dict[str, str] = {}  # pod id -> last status, for progress lines
 
     async def close(self) -> None:
         await self.api.close()
+        for api in self._accounts.values():
+            await api.close()
+
+    def _api(self) -> RunpodApi:
+        """The API client of the account the current call acts in (PROVIDER_ACCOUNT):
+        a workspace's own RunPod key, or the deployment's."""
+        key = PROVIDER_ACCOUNT.get()
+        if key is None:
+            return self.api
+        digest = hashlib.sha256(key.encode()).digest()
+        api = self._accounts.get(digest)
+        if api is None:
+            api = self._accounts[digest] = self.api.for_key(key)
+        return api
 
     def pod_name(self, instance_id: str) -> str:
         return f"{self.prefix}{instance_id}"
@@ -118,10 +136,10 @@ class RunpodProvider:
     async def _create_once(self, spec: LaunchSpec, gpu_type: str, gpu_id: str) -> dict[str, Any]:
         """POST the pod; after an answer that may hide a created pod, look before asking
         again, so one instance never gets two pods."""
-        attempts = self.api.retry.max_attempts
+        attempts = self._api().retry.max_attempts
         for attempt in range(1, attempts + 1):
             try:
-                return await self.api.create_pod(self._pod_body(spec, gpu_id))
+                return await self._api().create_pod(self._pod_body(spec, gpu_id))
             except RunpodUnavailable as exc:
                 if exc.maybe_applied:
                     found = await self._find(spec.instance_id)
@@ -130,7 +148,7 @@ class RunpodProvider:
                 if attempt == attempts:
                     raise
                 log.info("creating the pod of %s: %s; trying again", spec.instance_id, exc)
-                await self.api.back_off(attempt)
+                await self._api().back_off(attempt)
         raise AssertionError("unreachable")
 
     def _pod_body(self, spec: LaunchSpec, gpu_id: str) -> dict[str, Any]:
@@ -180,7 +198,7 @@ class RunpodProvider:
 
     async def _pods_named(self, name: str) -> list[dict[str, Any]]:
         try:
-            pods = await self.api.list_pods()
+            pods = await self._api().list_pods()
         except RunpodError as exc:
             raise ProviderError(f"cannot list RunPod pods: {exc}") from None
         return [p for p in pods if p.get("name") == name and p.get("id")]
@@ -189,7 +207,7 @@ class RunpodProvider:
 
     async def status(self, provider_id: str) -> ResourceStatus:
         try:
-            pod = await self.api.get_pod(provider_id)
+            pod = await self._api().get_pod(provider_id)
         except RunpodError as exc:
             raise ProviderError(f"cannot read pod {provider_id}: {exc}") from None
         if pod is None:
@@ -210,7 +228,7 @@ class RunpodProvider:
 
     async def list_owned(self) -> list[OwnedResource]:
         try:
-            pods = await self.api.list_pods()
+            pods = await self._api().list_pods()
         except RunpodError as exc:
             raise ProviderError(f"cannot list RunPod pods: {exc}") from None
         owned = []
@@ -243,7 +261,7 @@ class RunpodProvider:
             else:
                 pod_ids = [str(p["id"]) for p in await self._pods_named(self.pod_name(instance_id))]
             for pod_id in pod_ids:
-                await self.api.delete_pod(pod_id)
+                await self._api().delete_pod(pod_id)
                 self._last_seen.pop(pod_id, None)
         except RunpodError as exc:
             raise ProviderError(f"cannot terminate the pod of {instance_id}: {exc}") from None

@@ -116,6 +116,7 @@ class RunpodApi:
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._timeout_s = timeout_s
         self._http = httpx2.AsyncClient(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
@@ -125,6 +126,12 @@ class RunpodApi:
 
     def __repr__(self) -> str:
         return f"RunpodApi({self.base_url!r})"
+
+    def for_key(self, api_key: str) -> RunpodApi:
+        """The same API, as another account (a workspace's own key)."""
+        return RunpodApi(
+            self.base_url, api_key, timeout_s=self._timeout_s, retry=self.retry, sleep=self._sleep
+        )
 
     async def close(self) -> None:
         await self._http.aclose()
