@@ -197,3 +197,35 @@ def test_the_local_provider_never_deletes_outside_an_instance_directory(tmp_path
         with pytest.raises(ValueError):
             asyncio.run(provider.terminate("", bad))
     assert keep.is_dir()
+
+
+def test_log_records_are_redacted_before_any_handler_sees_them() -> None:
+    import io
+    import logging
+
+    from pydantic import BaseModel, ValidationError
+
+    from auxen.logs import RedactingFilter
+
+    class Body(BaseModel):
+        max_tokens: int
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("auxen.test.redaction")
+    logger.addHandler(handler)
+    try:
+        logger.warning("key %s and %s", "auxen_live_" + "k" * 24, "Bearer abcdefghijklmnop")
+        logger.warning("upstream https://bob:hunter2@example.com/v1 refused hf_%s", "t" * 30)
+        prompt = " ".join(["the", "secret", "prompt", "text"])
+        try:
+            Body.model_validate({"max_tokens": prompt})
+        except ValidationError:
+            logger.exception("validation failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    for secret in ("k" * 24, "abcdefghijklmnop", "hunter2", "t" * 30, "secret prompt"):
+        assert secret not in text, text
+    assert text.count("[redacted]") >= 5 and "ValidationError" in text

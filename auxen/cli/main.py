@@ -14,6 +14,7 @@ from rich.table import Table
 
 from auxen.cli.client import ApiError, AuxenClient
 from auxen.config import ConfigError, Settings
+from auxen.logs import configure_logging
 from auxen.tools.errors import AuxenError
 
 app = typer.Typer(
@@ -68,7 +69,7 @@ def serve(
     if port:
         overrides["port"] = port
     settings = Settings(**overrides)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     try:
         application = create_app(settings)
     except ConfigError as exc:
@@ -86,7 +87,11 @@ def serve(
             "[bold]auxen init --email you@example.com[/]"
         )
     uvicorn.run(
-        application, host=settings.host, port=settings.port, log_level="info", access_log=False
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our handler, with its redaction filter (auxen.logs)
+        access_log=False,
     )
 
 
@@ -99,16 +104,14 @@ def mcp() -> None:
     """
     import logging
     import os
-    import sys
 
     import anyio
 
     from auxen.mcp_server import stdio
 
-    # stdout is the JSON-RPC channel: every log line goes to stderr.
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # stdout is the JSON-RPC channel: every log line goes to stderr (configure_logging's
+    # handler writes there), redacted.
+    configure_logging(logging.WARNING)
     api_key = os.environ.get("AUXEN_API_KEY", "").strip()
     if not api_key:
         err.print(
