@@ -80,6 +80,11 @@ class KeyAuthenticator:
             if caller.key_id == key_id:
                 del self._cache[digest]
 
+    def forget_workspace(self, workspace_id: str) -> None:
+        for digest, (caller, _) in list(self._cache.items()):
+            if caller.workspace_id == workspace_id:
+                del self._cache[digest]
+
     def forget_instance(self, instance_id: str) -> None:
         for digest, (caller, _) in list(self._cache.items()):
             if caller.instance_id == instance_id:

@@ -453,6 +453,7 @@ async def delete_workspace(rt: Runtime, caller: Caller, confirm: str | None) -> 
                 await conn.execute(sa.delete(table).where(table.c.workspace_id == ws))
         await conn.execute(sa.delete(Workspace).where(col(Workspace.id) == ws))
     rt.kb.forget_attachments()
+    rt.auth.forget_workspace(ws)  # other processes: within auth.authenticate.CACHE_TTL_S
     # Its audit log went with it; the server log keeps the fact (ids only).
     log.warning("workspace %s deleted by %s %s", ws, audit.Actor.of(caller).type, caller.key_id)
     return DeletedWorkspace(id=ws)
