@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -23,11 +24,15 @@ from auxen.rest.credentials import CredentialsApi
 from auxen.rest.errors import auxen_error, http_error, unexpected_error
 from auxen.rest.handlers import RestApi
 from auxen.rest.knowledge import KnowledgeApi
+from auxen.rest.members import MembersApi
 from auxen.runtime import Runtime
 from auxen.tools.errors import AuxenError
 from auxen.web.account import AccountPages
 from auxen.web.consent import Consent
+from auxen.web.members import MemberPages
 from auxen.web.pages import STATIC_DIR, Pages
+from auxen.web.security import SecurityHeaders, SecuritySurface
+from auxen.web.status import StatusPage
 
 
 def create_app(settings: Settings | None = None, *, background: bool = True) -> Starlette:
@@ -43,6 +48,10 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     money = BillingApi(rt)
     kb = KnowledgeApi(rt)
     creds = CredentialsApi(rt)
+    people = MembersApi(rt)
+    member_pages = MemberPages(pages)
+    surface = SecuritySurface(pages)
+    status = StatusPage(pages)
 
     async def health(request: Request) -> Response:
         await rt.db.ping()
@@ -89,6 +98,17 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/v1/instances/{id}/knowledge-bases", kb.attach, methods=["POST"]),
         Route("/v1/instances/{id}/knowledge-bases", kb.attachments, methods=["GET"]),
         Route("/v1/instances/{id}/knowledge-bases/{kb_id}", kb.detach, methods=["DELETE"]),
+        # People, the workspace itself, and its audit log.
+        Route("/v1/members", people.list_members, methods=["GET"]),
+        Route("/v1/members", people.invite, methods=["POST"]),
+        Route("/v1/members/{user_id}", people.change_role, methods=["PATCH"]),
+        Route("/v1/members/{user_id}", people.remove, methods=["DELETE"]),
+        Route("/v1/invites", people.invite, methods=["POST"]),
+        Route("/v1/invites", people.list_invites, methods=["GET"]),
+        Route("/v1/invites/{id}", people.revoke_invite, methods=["DELETE"]),
+        Route("/v1/workspace/transfer", people.transfer, methods=["POST"]),
+        Route("/v1/workspace", people.delete_workspace, methods=["DELETE"]),
+        Route("/v1/audit", people.audit_log, methods=["GET"]),
         # MCP over Streamable HTTP (GET, POST, DELETE), for agents.
         Route("/mcp", mcp),
         # Pages for people.
@@ -105,6 +125,20 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/account/mfa/recovery-codes", account.recovery_codes, methods=["POST"]),
         Route("/account/mfa/disable", account.mfa_disable, methods=["POST"]),
         Route("/account/apps/revoke", account.revoke_app, methods=["POST"]),
+        Route("/account/workspace", account.choose_workspace, methods=["POST"]),
+        Route("/members", member_pages.show, methods=["GET"]),
+        Route("/members/invite", member_pages.invite, methods=["POST"]),
+        Route("/members/invites/revoke", member_pages.revoke_invite, methods=["POST"]),
+        Route("/members/role", member_pages.change_role, methods=["POST"]),
+        Route("/members/remove", member_pages.remove, methods=["POST"]),
+        Route("/invite/{token}", member_pages.invitation, methods=["GET"]),
+        Route("/invite/{token}", member_pages.accept, methods=["POST"]),
+        Route("/audit", member_pages.audit_log, methods=["GET"]),
+        # The public security surface: disclosure policy, security.txt, status.
+        Route("/.well-known/security.txt", surface.security_txt, methods=["GET"]),
+        Route("/security", surface.policy, methods=["GET"]),
+        Route("/status", status.page, methods=["GET"]),
+        Route("/status.json", status.json, methods=["GET"]),
         # OAuth 2.1 for remote agents: metadata, registration, authorize, consent, token.
         *authorization.routes(),
         Route("/oauth/consent", consent.show, methods=["GET"]),
@@ -123,7 +157,8 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
 
     app = Starlette(
         routes=routes,
-        middleware=[],
+        # Security headers on every response: pages, REST, MCP and static files.
+        middleware=[Middleware(SecurityHeaders, settings=rt.settings)],
         exception_handlers={
             AuxenError: auxen_error,
             HTTPException: http_error,

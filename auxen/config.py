@@ -104,6 +104,16 @@ class Settings(BaseSettings):
     stripe_test_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
 
+    # Workspace security: invitations expire after this long; audit events are kept this
+    # many days; who to write to about vulnerabilities (security.txt; default: security@
+    # the public host); addresses of reverse proxies whose X-Forwarded-For/-Proto are
+    # believed (uvicorn's forwarded_allow_ips; "https" behind them turns HSTS on).
+    invite_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, le=90 * 24 * 3600)
+    audit_retention_days: int = Field(default=365, ge=1)
+    security_contact: str | None = None
+    forwarded_allow_ips: str = "127.0.0.1"
+    status_check_timeout_s: float = Field(default=2.0, gt=0, le=30)
+
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     # The shortest TTL or idle timeout an instance may ask for.

@@ -19,6 +19,7 @@ from auxen.inference.providers.base import Provider
 from auxen.inference.usage import UsageRecorder
 from auxen.kb.service import KnowledgeEngine
 from auxen.store.db import Database
+from auxen.tools import audit
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ class Runtime:
             stale_hold_s=settings.billing_stale_hold_s,
         )  # fmt: skip
         payments = StripePayments(db, ledger, settings)
+
+        async def sweep_audit() -> None:
+            await audit.sweep(db, settings.audit_retention_days)
+
+        manager.housekeeping.append(sweep_audit)
         return cls(
             settings, db, provider, manager, auth, usage, gateway, kb, prices, ledger, meter,
             payments, alerts,

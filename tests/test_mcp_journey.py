@@ -132,6 +132,7 @@ async def test_agent_over_streamable_http(world: World) -> None:
             "get_balance",
             "set_spending_cap",
             "buy_credits",
+            "list_members",
         }
         for tool in listed.tools:
             assert tool.description and tool.output_schema and tool.annotations

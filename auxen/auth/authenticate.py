@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlmodel import col
+from starlette.requests import Request
 
 from auxen.auth.keys import hash_key, key_matches, parse_key
+from auxen.httputil import bearer
 from auxen.store.db import Database
 from auxen.store.models import ApiKey
 from auxen.tools.context import Caller
@@ -59,6 +62,7 @@ class KeyAuthenticator:
             key_id=row.id,
             key_kind=row.kind,
             instance_id=row.instance_id,
+            role=row.role,
         )
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -66,9 +70,19 @@ class KeyAuthenticator:
         self._touch(caller, now)
         return caller
 
+    async def for_request(self, request: Request) -> Caller:
+        """The caller of an HTTP request: its bearer key, and where it came from."""
+        caller = await self.authenticate(bearer(request))
+        return with_origin(caller, request)
+
     def forget_key(self, key_id: str) -> None:
         for digest, (caller, _) in list(self._cache.items()):
             if caller.key_id == key_id:
+                del self._cache[digest]
+
+    def forget_workspace(self, workspace_id: str) -> None:
+        for digest, (caller, _) in list(self._cache.items()):
+            if caller.workspace_id == workspace_id:
                 del self._cache[digest]
 
     def forget_instance(self, instance_id: str) -> None:
@@ -100,3 +114,14 @@ class KeyAuthenticator:
 
     async def close(self) -> None:
         await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def with_origin(caller: Caller, request: Request) -> Caller:
+    """`caller` with the request's client address and (truncated) user agent, for the
+    audit log."""
+    agent = request.headers.get("user-agent")
+    return replace(
+        caller,
+        address=request.client.host if request.client else None,
+        user_agent=agent[:200] if agent else None,
+    )

@@ -232,6 +232,16 @@ class StripePayments:
             )  # fmt: skip
         except IntegrityError:
             return "duplicate"  # this event id was applied already
+        if applied:
+            from auxen.tools.audit import Actor, record, safely
+
+            await safely(
+                record(
+                    self.ledger.db, workspace_id, Actor("system", "stripe", "Stripe"),
+                    f"credits.{kind.value}", target_type="stripe_event", target_id=event.id,
+                    detail={"amount_micros": amount, "livemode": livemode},
+                )
+            )  # fmt: skip
         return "applied" if applied else "duplicate"
 
     async def _customer_matches(

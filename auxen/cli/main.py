@@ -92,6 +92,7 @@ def serve(
         port=settings.port,
         log_config=None,  # our handler, with its redaction filter (auxen.logs)
         access_log=False,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 
@@ -270,6 +271,99 @@ def master_key_rotate() -> None:
     if report.already_new:
         out.print(f"{report.already_new} value(s) were already sealed under the new key")
     out.print("done: start the servers with AUXEN_MASTER_KEY set to the new key")
+
+
+incident_app = typer.Typer(
+    help="Incidents on the public /status page (operators).", no_args_is_help=True
+)
+app.add_typer(incident_app, name="incident")
+
+
+def _incident_op(op: Any) -> Any:
+    """Run one incident operation on this server's database."""
+    from auxen.store.db import Database
+
+    async def run() -> Any:
+        db = Database(Settings().resolved_database_url)
+        try:
+            await db.migrate()
+            return await op(db)
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(run())
+    except AuxenError as exc:
+        where = f" ({exc.param})" if exc.param else ""
+        err.print(f"[red]error{where}:[/] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+@incident_app.command("post")
+def incident_post(
+    title: Annotated[str, typer.Option(help="What is affected, in a few words")],
+    message: Annotated[str, typer.Option(help="The first update, shown on /status")],
+    severity: Annotated[str, typer.Option(help="minor, major or critical")] = "minor",
+    status: Annotated[
+        str, typer.Option(help="investigating, identified, monitoring or resolved")
+    ] = "investigating",
+) -> None:
+    """Open an incident on the status page."""
+    from auxen.tools.incidents import post_incident
+
+    made = _incident_op(
+        lambda db: post_incident(db, title=title, severity=severity, message=message,
+                                 status=status)
+    )  # fmt: skip
+    out.print(f"incident [bold]{made.id}[/] {made.status}")
+
+
+@incident_app.command("update")
+def incident_update(
+    incident_id: str,
+    message: Annotated[str, typer.Option(help="What changed")],
+    status: Annotated[
+        str, typer.Option(help="investigating, identified, monitoring or resolved")
+    ] = "identified",
+) -> None:
+    """Add an update to an open incident."""
+    from auxen.tools.incidents import update_incident
+
+    done = _incident_op(lambda db: update_incident(db, incident_id, status=status, message=message))
+    out.print(f"incident [bold]{done.id}[/] {done.status}")
+
+
+@incident_app.command("resolve")
+def incident_resolve(
+    incident_id: str,
+    message: Annotated[str, typer.Option(help="What was wrong, and that it is over")] = "Resolved.",
+) -> None:
+    """Close an incident."""
+    from auxen.tools.incidents import update_incident
+
+    done = _incident_op(
+        lambda db: update_incident(db, incident_id, status="resolved", message=message)
+    )
+    out.print(f"incident [bold]{done.id}[/] resolved")
+
+
+@incident_app.command("list")
+def incident_list(as_json: JsonOpt = False) -> None:
+    """Recent incidents, open ones first."""
+    from auxen.tools.incidents import list_incidents
+
+    rows = _incident_op(lambda db: list_incidents(db))
+    _show(
+        [
+            {"id": r.incident.id, "status": r.incident.status, "severity": r.incident.severity,
+             "title": r.incident.title, "created": str(r.incident.created_at)[:16],
+             "updates": len(r.updates)}
+            for r in rows
+        ],
+        as_json,
+        {"id": "id", "status": "status", "severity": "severity", "title": "title",
+         "created": "created", "updates": "updates"},
+    )  # fmt: skip
 
 
 @app.command()

@@ -29,6 +29,7 @@ from auxen.store.ids import new_id
 from auxen.store.models import Instance, InstanceState, KeyKind, utcnow
 from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, NotFound, PermissionDenied
+from auxen.tools.permissions import Permission
 
 TARGET_TTL_S = 5.0
 # A delta or completion chunk carrying text; and a chunk carrying a usage object.
@@ -123,6 +124,7 @@ class InferenceGateway:
 
     async def authorize(self, caller: Caller, instance_id: str) -> Target:
         """The ready instance `caller` may send inference to, or a typed error."""
+        caller.require(Permission.QUERY)
         if caller.key_kind is KeyKind.INSTANCE and caller.instance_id != instance_id:
             raise PermissionDenied(
                 "this instance key belongs to another instance; use that instance's auxk_ key",

@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,6 +96,8 @@ class InstanceManager:
         self._destroys: dict[str, asyncio.Task[Instance]] = {}
         self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, connect=5.0))
         self._reconciler: asyncio.Task[None] | None = None
+        # Chores run after each reconcile pass (sweeping old audit events, ...).
+        self.housekeeping: list[Callable[[], Awaitable[object]]] = []
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
         self.shared = SharedTier(self)
         self.stream_stale_s = max(
@@ -379,6 +381,17 @@ class InstanceManager:
         await self._transition(
             instance_id, [*LIVE_STATES, S.FAILED], S.STOPPING, destroy_reason=reason
         )
+        if reason != "requested" and instance.state is not S.STOPPING:
+            # Auxen's own decision (TTL, idleness, a cap): the caller's are audited by
+            # the operation that asked.
+            from auxen.tools.audit import Actor, record, safely
+
+            await safely(
+                record(
+                    self.db, instance.workspace_id, Actor.system(), "instance.destroy",
+                    target_type="instance", target_id=instance_id, detail={"reason": reason},
+                )
+            )  # fmt: skip
         bring_up = self._bring_ups.get(instance_id)
         if bring_up is not None:
             bring_up.cancel()
@@ -634,6 +647,11 @@ class InstanceManager:
                 await self.reconcile()
             except Exception:
                 log.exception("reconcile pass failed; retrying")
+            for chore in self.housekeeping:
+                try:
+                    await chore()
+                except Exception:
+                    log.exception("housekeeping failed; retrying next pass")
             await asyncio.sleep(self.settings.reconcile_interval_s)
 
     async def close(self) -> None:

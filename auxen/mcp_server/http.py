@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from auxen.auth.authenticate import with_origin
 from auxen.auth.oauth import ACCESS_PREFIX, DEFAULT_SCOPES, resource_url
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.config import Settings
@@ -33,6 +34,7 @@ from auxen.mcp_server.server import AuxenMCP, build_server
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
 from auxen.tools.errors import Unauthenticated
+from auxen.tools.members import membership_role
 
 CALLER_KEY = "auxen.caller"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -87,7 +89,7 @@ class McpEndpoint:
             request.scope.get(CALLER_KEY), Caller
         ):
             raise Unauthenticated("this request carries no authenticated caller")
-        return await self.authenticate(bearer(request))
+        return with_origin(await self.authenticate(bearer(request)), request)
 
     async def authenticate(self, token: str | None) -> Caller:
         """An OAuth access token issued for this resource, or an API key."""
@@ -98,6 +100,11 @@ class McpEndpoint:
             raise Unauthenticated("the access token is invalid, expired or revoked")
         if (grant.resource or "").rstrip("/") != self.resource:
             raise Unauthenticated(f"the access token was not issued for {self.resource}")
+        # The person's role now, not when they consented: a demotion or a removal
+        # applies to their agents at once.
+        role = await membership_role(self.rt.db, grant.workspace_id, grant.user_id)
+        if role is None:
+            raise Unauthenticated("the person this token acts for is no longer in its workspace")
         return Caller(
             workspace_id=grant.workspace_id,
             livemode=True,
@@ -105,6 +112,7 @@ class McpEndpoint:
             scopes=frozenset(grant.scopes),
             client_id=grant.client_id,
             user_id=grant.user_id,
+            role=role,
         )
 
     def _open_sessions(self, key_id: str, now: float) -> int:

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from auxen.billing.stripe_payments import WebhookRejected
-from auxen.httputil import bearer, openai_error, read_json_body
+from auxen.httputil import openai_error, read_json_body
 from auxen.runtime import Runtime
 from auxen.tools import billing, payments
 from auxen.tools.errors import InvalidArgument, parse_model
@@ -22,19 +22,19 @@ class BillingApi:
         self.rt = rt
 
     async def balance(self, request: Request) -> Response:
-        caller = await self.rt.auth.authenticate(bearer(request))
+        caller = await self.rt.auth.for_request(request)
         view = await billing.get_balance(self.rt, caller)
         return JSONResponse(view.model_dump(mode="json"))
 
     async def set_cap(self, request: Request) -> Response:
-        caller = await self.rt.auth.authenticate(bearer(request))
+        caller = await self.rt.auth.for_request(request)
         body = await read_json_body(request, self.rt.settings.max_body_bytes)
         req = parse_model(billing.CapRequest, body)
         view = await billing.set_spending_cap(self.rt, caller, req)
         return JSONResponse(view.model_dump(mode="json"))
 
     async def checkout(self, request: Request) -> Response:
-        caller = await self.rt.auth.authenticate(bearer(request))
+        caller = await self.rt.auth.for_request(request)
         body = await read_json_body(request, self.rt.settings.max_body_bytes)
         amount = body.get("amount_usd")
         if isinstance(amount, bool) or not isinstance(amount, int):
@@ -49,7 +49,7 @@ class BillingApi:
         )  # fmt: skip
 
     async def alert_webhook(self, request: Request) -> Response:
-        caller = await self.rt.auth.authenticate(bearer(request))
+        caller = await self.rt.auth.for_request(request)
         body = await read_json_body(request, self.rt.settings.max_body_bytes)
         url = body.get("url")
         if set(body) - {"url"}:

@@ -25,14 +25,14 @@ class CredentialsApi:
 
     async def put(self, request: Request) -> Response:
         caller = await self.rt.auth.authenticate(bearer(request))
-        provider = credentials.parse_provider(request.path_params["provider"])
         body = await read_json_body(request, self.rt.settings.max_body_bytes)
         req = parse_model(credentials.SetCredentialRequest, body)
-        view = await credentials.set_credential(self.rt, caller, provider, req)
+        view = await credentials.set_credential(
+            self.rt, caller, request.path_params["provider"], req
+        )
         return JSONResponse(view.model_dump(mode="json"))
 
     async def delete(self, request: Request) -> Response:
         caller = await self.rt.auth.authenticate(bearer(request))
-        provider = credentials.parse_provider(request.path_params["provider"])
-        await credentials.delete_credential(self.rt, caller, provider)
+        await credentials.delete_credential(self.rt, caller, request.path_params["provider"])
         return Response(status_code=204)

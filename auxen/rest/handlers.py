@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from auxen.httputil import bearer, read_json_body
+from auxen.httputil import read_json_body
 from auxen.runtime import Runtime
 from auxen.store.models import Instance, InstanceState
 from auxen.tools import instances, keys, usage
@@ -22,7 +22,7 @@ class RestApi:
         self.rt = rt
 
     async def _caller(self, request: Request) -> Caller:
-        return await self.rt.auth.authenticate(bearer(request))
+        return await self.rt.auth.for_request(request)
 
     def _instance(self, instance: Instance) -> dict[str, Any]:
         return instance_view(instance, self.rt.settings.base_url).model_dump(mode="json")

@@ -12,7 +12,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from auxen.httputil import bearer, read_json_body
+from auxen.httputil import read_json_body
 from auxen.runtime import Runtime
 from auxen.tools import kb
 from auxen.tools.context import Caller
@@ -26,7 +26,7 @@ class KnowledgeApi:
         self.rt = rt
 
     async def _caller(self, request: Request) -> Caller:
-        return await self.rt.auth.authenticate(bearer(request))
+        return await self.rt.auth.for_request(request)
 
     async def create(self, request: Request) -> Response:
         caller = await self._caller(request)

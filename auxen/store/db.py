@@ -49,12 +49,12 @@ def _scope_to_workspace(state: ORMExecuteState) -> None:
     state.statement = state.statement.options(
         *(
             with_loader_criteria(table, table.workspace_id == workspace_id, include_aliases=True)
-            for table in _tenant_tables()
+            for table in tenant_tables()
         )
     )
 
 
-def _tenant_tables() -> list[Any]:
+def tenant_tables() -> list[Any]:
     return [m.class_ for m in SQLModel._sa_registry.mappers if issubclass(m.class_, TenantScoped)]
 
 

@@ -170,6 +170,8 @@ class ApiKey(TenantScoped, SQLModel, table=True):
     name: str = Field(default="", max_length=200)
     display_prefix: str = Field(max_length=64)
     secret_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
+    # What an account key may do (see tools.permissions); instance keys only infer.
+    role: Role = Field(default=Role.MEMBER, sa_column=sa.Column(EnumText(Role), nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     last_used_at: datetime | None = Field(default=None, sa_column=_ts())
     revoked_at: datetime | None = Field(default=None, sa_column=_ts())
@@ -489,3 +491,62 @@ class ProviderCredential(TenantScoped, SQLModel, table=True):
     last4: str = Field(max_length=4)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class Invite(TenantScoped, SQLModel, table=True):
+    """An invitation to join a workspace with a role: a single-use link whose token is
+    stored only as SHA-256; it expires, and an admin can revoke it."""
+
+    id: str = Field(default_factory=lambda: new_id("inv"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    email: str = Field(max_length=320)
+    role: Role = Field(sa_column=sa.Column(EnumText(Role), nullable=False))
+    token_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False, unique=True))
+    invited_by: str = Field(default="", max_length=200)  # the actor's label
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    expires_at: datetime = Field(sa_column=_ts(nullable=False))
+    accepted_at: datetime | None = Field(default=None, sa_column=_ts())
+    accepted_by: str | None = Field(default=None, max_length=32)  # a user id
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class AuditEvent(TenantScoped, SQLModel, table=True):
+    """Who did what to which object, when and from where. Ids, names of actions and
+    small numbers only: never prompts, documents, keys or any other content."""
+
+    __tablename__ = "audit_event"
+
+    id: str = Field(default_factory=lambda: new_id("aud"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
+    actor_type: str = Field(max_length=16)  # user | api_key | oauth_client | operator | system
+    actor_id: str | None = Field(default=None, max_length=2000)
+    actor_label: str = Field(default="", max_length=400)
+    action: str = Field(max_length=64)
+    target_type: str | None = Field(default=None, max_length=32)
+    target_id: str | None = Field(default=None, max_length=2000)
+    address: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=200)
+    detail: str = Field(default="{}", max_length=2000)  # JSON of ids and numbers
+
+
+class Incident(SQLModel, table=True):
+    """A platform incident shown on /status (not a tenant's data: operators post it)."""
+
+    id: str = Field(default_factory=lambda: new_id("inc"), primary_key=True, max_length=32)
+    title: str = Field(max_length=200)
+    severity: str = Field(max_length=16)  # minor | major | critical
+    status: str = Field(max_length=16)  # investigating | identified | monitoring | resolved
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    resolved_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class IncidentUpdate(SQLModel, table=True):
+    __tablename__ = "incident_update"
+
+    id: str = Field(default_factory=lambda: new_id("incu"), primary_key=True, max_length=32)
+    incident_id: str = Field(foreign_key="incident.id", index=True, max_length=32)
+    status: str = Field(max_length=16)
+    message: str = Field(max_length=2000)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

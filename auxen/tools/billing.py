@@ -1,8 +1,8 @@
 """Money as callers see it: the balance, the caps that bound spending, setting them.
 
-Only a workspace Owner may change caps (an OAuth grant needs the `billing` scope and a
-user who owns the workspace; an account API key is the workspace's own credential). An
-agent can lower what it may spend, never quietly raise it past the owner's choice.
+Only an owner or admin may change caps (see tools.permissions; an OAuth grant also needs
+the `billing` scope). An agent acting for a member can read the balance, never raise
+what it may spend.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from auxen.auth.sealing import seal
 from auxen.billing.alerts import check_webhook_url, recent_alerts
 from auxen.billing.ledger import month_start
 from auxen.runtime import Runtime
-from auxen.store.models import CapScope, Instance, Membership, Role, SpendingCap, Workspace
+from auxen.store.models import CapScope, Instance, SpendingCap, Workspace
+from auxen.tools import audit
 from auxen.tools.context import Caller
-from auxen.tools.errors import InvalidArgument, NotFound, PermissionDenied
+from auxen.tools.errors import InvalidArgument, NotFound
+from auxen.tools.permissions import Permission
 from auxen.tools.views import _iso, micros_to_usd
 
 MAX_CAP_USD = Decimal(1_000_000)
@@ -81,7 +83,7 @@ class BalanceView(BaseModel):
 
 
 async def get_balance(rt: Runtime, caller: Caller) -> BalanceView:
-    caller.require_account()
+    caller.require(Permission.BALANCE_READ)
     ws, live = caller.workspace_id, caller.livemode
     balance = await rt.ledger.balance(ws, live)
     now = datetime.now(UTC)
@@ -136,8 +138,7 @@ async def get_balance(rt: Runtime, caller: Caller) -> BalanceView:
 
 
 async def set_spending_cap(rt: Runtime, caller: Caller, req: CapRequest) -> BalanceView:
-    caller.require_account()
-    await require_owner(rt, caller, "change spending caps")
+    caller.require(Permission.CAPS)
     subject = ""
     if req.scope is CapScope.INSTANCE:
         if not req.instance_id:
@@ -154,10 +155,16 @@ async def set_spending_cap(rt: Runtime, caller: Caller, req: CapRequest) -> Bala
     elif req.instance_id or req.client_id:
         field = "instance_id" if req.instance_id else "client_id"
         raise InvalidArgument(f"{field} does not apply to a {req.scope.value} cap", param=field)
-    if req.amount_usd is None:
+    amount = None if req.amount_usd is None else usd_to_micros(req.amount_usd)
+    if amount is None:
         await remove_cap(rt, caller, req.scope, subject=subject)
     else:
-        await set_cap(rt, caller, req.scope, usd_to_micros(req.amount_usd), subject=subject)
+        await set_cap(rt, caller, req.scope, amount, subject=subject)
+    await audit.record_for(
+        rt, caller, "cap.change", target_type="cap", target_id=req.scope.value,
+        detail={"subject": subject[:120] or None, "amount_micros": amount,
+                "livemode": caller.livemode},
+    )  # fmt: skip
     return await get_balance(rt, caller)
 
 
@@ -199,19 +206,6 @@ async def remove_cap(rt: Runtime, caller: Caller, scope: CapScope, *, subject: s
         await session.commit()
 
 
-async def require_owner(rt: Runtime, caller: Caller, what: str) -> None:
-    if caller.user_id is None:
-        return  # an account API key: the workspace's own credential
-    async with rt.db.scoped(caller.workspace_id) as session:
-        role = (
-            await session.exec(
-                select(Membership.role).where(col(Membership.user_id) == caller.user_id)
-            )
-        ).first()
-    if role != Role.OWNER:
-        raise PermissionDenied(f"only the workspace's owner can {what}")
-
-
 class WebhookView(BaseModel):
     url: str | None
     secret: str | None = Field(
@@ -223,8 +217,7 @@ class WebhookView(BaseModel):
 async def set_alert_webhook(rt: Runtime, caller: Caller, url: str | None) -> WebhookView:
     """Where the workspace's alerts are POSTed (None stops it); owner only. A new secret
     is made each time and shown once."""
-    caller.require_account()
-    await require_owner(rt, caller, "set where alerts go")
+    caller.require(Permission.ALERT_WEBHOOK)
     secret = None
     if url is not None:
         url = check_webhook_url(url, production=rt.settings.is_production)
@@ -238,4 +231,8 @@ async def set_alert_webhook(rt: Runtime, caller: Caller, url: str | None) -> Web
         )
         session.add(workspace)
         await session.commit()
+    await audit.record_for(
+        rt, caller, "alert_webhook.change", target_type="workspace",
+        target_id=caller.workspace_id, detail={"set": url is not None},
+    )  # fmt: skip
     return WebhookView(url=url, secret=secret)

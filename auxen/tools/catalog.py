@@ -11,6 +11,7 @@ from auxen.inference.shared import SHARED_TIER
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
 from auxen.tools.instances import ProvisionRequest, validate_request
+from auxen.tools.permissions import Permission
 from auxen.tools.views import micros_to_usd
 
 
@@ -67,7 +68,7 @@ def _local_models(models_dir: Path) -> list[Path]:
 
 
 async def list_models(rt: Runtime, caller: Caller) -> Catalog:
-    caller.require_account()
+    caller.require(Permission.CATALOG_READ)
     provider = rt.provider.name
     gpus = rt.prices.offered(provider)
     offers = [
@@ -125,7 +126,7 @@ def _token_pricing(rt: Runtime) -> TokenPricing:
 
 async def quote_instance(rt: Runtime, caller: Caller, req: ProvisionRequest) -> Quote:
     """The price of `req` if it were provisioned now; changes nothing."""
-    caller.require_account()
+    caller.require(Permission.CATALOG_READ)
     gpu_type, ttl = validate_request(rt, req)
     gpu = rt.prices.gpu_types[gpu_type]
     shared = req.tier == SHARED_TIER

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from auxen.store.models import KeyKind
+from auxen.store.models import KeyKind, Role
 from auxen.tools.errors import PermissionDenied
+from auxen.tools.permissions import INSTANCE_KEY_PERMISSIONS, LEAST_ROLE, Permission, role_may
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,12 @@ class Caller:
     scopes: frozenset[str] | None = None  # OAuth grants; None: an API key, every scope
     client_id: str | None = None  # the OAuth client (agent) acting, for its own budget
     user_id: str | None = None  # the person an OAuth grant acts for
+    # The key's role, or the person's current membership role (least privilege unless
+    # the authenticator says otherwise).
+    role: Role = Role.MEMBER
+    # Where the request came from, for the audit log ("local" for stdio and the CLI).
+    address: str | None = None
+    user_agent: str | None = None
 
     def require_account(self) -> None:
         if self.key_kind is not KeyKind.ACCOUNT:
@@ -25,3 +32,24 @@ class Caller:
                 "instance keys (auxk_) can only call their instance's inference endpoint; "
                 "use an account key (auxen_live_/auxen_test_) for this"
             )
+
+    def require(self, permission: Permission) -> None:
+        """Refuse, before any work, a caller whose role does not hold `permission`."""
+        if self.key_kind is KeyKind.INSTANCE and permission in INSTANCE_KEY_PERMISSIONS:
+            return
+        self.require_account()
+        if not role_may(self.role, permission):
+            needed = LEAST_ROLE[permission]
+            raise PermissionDenied(
+                f"this needs the {needed.value} role in the workspace ({permission.value}); "
+                f"this {self.principal} acts as {self.role.value}: ask an owner or admin"
+            )
+
+    def may(self, permission: Permission) -> bool:
+        return self.key_kind is KeyKind.ACCOUNT and role_may(self.role, permission)
+
+    @property
+    def principal(self) -> str:
+        if self.client_id is not None:
+            return "agent"
+        return "API key" if self.key_id else "caller"

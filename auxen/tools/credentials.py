@@ -20,9 +20,10 @@ from auxen.auth.sealing import seal
 from auxen.inference.lifecycle import LIVE_STATES
 from auxen.runtime import Runtime
 from auxen.store.models import CredentialProvider, Instance, ProviderCredential
-from auxen.tools.billing import require_owner
+from auxen.tools import audit
 from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, InvalidArgument, NotFound
+from auxen.tools.permissions import Permission
 
 # Printable, no spaces: what every provider's keys look like; bounded so a pasted file
 # is refused, not stored.
@@ -70,10 +71,10 @@ def parse_provider(value: str) -> CredentialProvider:
 
 
 async def set_credential(
-    rt: Runtime, caller: Caller, provider: CredentialProvider, req: SetCredentialRequest
+    rt: Runtime, caller: Caller, provider_name: str, req: SetCredentialRequest
 ) -> CredentialView:
-    caller.require_account()
-    await require_owner(rt, caller, "manage provider credentials")
+    caller.require(Permission.PROVIDER_CREDENTIALS)
+    provider = parse_provider(provider_name)
     secret = req.secret
     if not _SECRET.match(secret):
         raise InvalidArgument(
@@ -109,11 +110,15 @@ async def set_credential(
         row.updated_at = now
         session.add(row)
         await session.commit()
-        return CredentialView.of(row)
+    await audit.record_for(
+        rt, caller, "credential.set", target_type="provider_credential", target_id=row.id,
+        detail={"provider": provider.value},
+    )  # fmt: skip
+    return CredentialView.of(row)
 
 
 async def list_credentials(rt: Runtime, caller: Caller) -> list[CredentialView]:
-    caller.require_account()
+    caller.require(Permission.PROVIDER_CREDENTIALS)
     async with rt.db.scoped(caller.workspace_id) as session:
         rows = (
             await session.exec(
@@ -123,9 +128,9 @@ async def list_credentials(rt: Runtime, caller: Caller) -> list[CredentialView]:
     return [CredentialView.of(r) for r in rows]
 
 
-async def delete_credential(rt: Runtime, caller: Caller, provider: CredentialProvider) -> None:
-    caller.require_account()
-    await require_owner(rt, caller, "manage provider credentials")
+async def delete_credential(rt: Runtime, caller: Caller, provider_name: str) -> None:
+    caller.require(Permission.PROVIDER_CREDENTIALS)
+    provider = parse_provider(provider_name)
     async with rt.db.scoped(caller.workspace_id) as session:
         row = (
             await session.exec(
@@ -139,6 +144,10 @@ async def delete_credential(rt: Runtime, caller: Caller, provider: CredentialPro
             )
         await session.delete(row)
         await session.commit()
+    await audit.record_for(
+        rt, caller, "credential.delete", target_type="provider_credential", target_id=row.id,
+        detail={"provider": provider.value},
+    )  # fmt: skip
 
 
 async def _refuse_while_pods_run(rt: Runtime, caller: Caller, provider: CredentialProvider) -> None:

@@ -18,11 +18,13 @@ from auxen.billing.catalog import GPU_TYPES, KNOWN_MODELS, OFFERED_TIERS, TIERS,
 from auxen.inference.shared import SHARED_TIER
 from auxen.runtime import Runtime
 from auxen.store.models import ApiKey, CapScope, Instance, InstanceState, KeyKind
+from auxen.tools import audit
 from auxen.tools import billing as caps
 from auxen.tools.billing import usd_to_micros
 from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, InvalidArgument, NotFound, OverBudget
 from auxen.tools.keys import new_key_row
+from auxen.tools.permissions import Permission
 
 # A Hugging Face repo id (`org/name`, or a bare name).
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[\w.\-]{1,96})?$")
@@ -143,7 +145,7 @@ def _fallbacks(req: ProvisionRequest, gpu_type: str) -> str | None:
 
 async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest) -> Provisioned:
     """Create an instance and start bringing it up; returns at once in `provisioning`."""
-    caller.require_account()
+    caller.require(Permission.INSTANCES_WRITE)
     gpu_type, ttl = validate_request(rt, req)
     if req.idempotency_key is not None:
         replay = await _replay(rt, caller, req, gpu_type, ttl)
@@ -208,6 +210,11 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
         return replay
     await rt.instances.launch(instance.id)
     instance.state = InstanceState.PROVISIONING
+    await audit.record_for(
+        rt, caller, "instance.provision", target_type="instance", target_id=instance.id,
+        detail={"gpu_type": gpu_type, "tier": req.tier, "livemode": caller.livemode,
+                "ttl_seconds": ttl, "hourly_price_micros": instance.hourly_price_micros},
+    )  # fmt: skip
     return Provisioned(instance, plaintext, replayed=False)
 
 
@@ -253,6 +260,8 @@ async def _replay(
 
 
 async def get_instance(rt: Runtime, caller: Caller, instance_id: str) -> Instance:
+    if caller.instance_id is None:
+        caller.require(Permission.INSTANCES_READ)
     if caller.instance_id is not None and caller.instance_id != instance_id:
         raise NotFound(f"no instance {instance_id}", param="instance_id")
     async with rt.db.scoped(caller.workspace_id) as session:
@@ -268,7 +277,7 @@ async def get_instance(rt: Runtime, caller: Caller, instance_id: str) -> Instanc
 async def list_instances(
     rt: Runtime, caller: Caller, *, state: InstanceState | None = None, limit: int = 100
 ) -> list[Instance]:
-    caller.require_account()
+    caller.require(Permission.INSTANCES_READ)
     if not 1 <= limit <= 1000:
         raise InvalidArgument("limit must be between 1 and 1000", param="limit")
     async with rt.db.scoped(caller.workspace_id) as session:
@@ -285,9 +294,15 @@ async def list_instances(
 
 async def destroy_instance(rt: Runtime, caller: Caller, instance_id: str) -> Instance:
     """Stop the instance and delete everything it held. Repeating it is harmless."""
-    caller.require_account()
+    caller.require(Permission.INSTANCES_WRITE)
     instance = await get_instance(rt, caller, instance_id)
-    return await rt.instances.destroy(instance.id)
+    already = instance.state.is_terminal
+    destroyed = await rt.instances.destroy(instance.id)
+    if not already:
+        await audit.record_for(
+            rt, caller, "instance.destroy", target_type="instance", target_id=instance.id
+        )
+    return destroyed
 
 
 def _mode(caller: Caller) -> str:

@@ -36,6 +36,7 @@ from auxen.store.models import (
 from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, InvalidArgument, NotFound, TooLarge
 from auxen.tools.instances import get_instance
+from auxen.tools.permissions import Permission
 from auxen.tools.views import (
     AttachmentView,
     DocumentView,
@@ -123,7 +124,7 @@ def documents_from_inputs(inputs: Sequence[DocumentInput]) -> list[NewDocument]:
 
 
 async def _load_kb(rt: Runtime, caller: Caller, kb_id: str) -> KnowledgeBase:
-    caller.require_account()
+    caller.require(Permission.KNOWLEDGE)
     async with rt.db.scoped(caller.workspace_id) as session:
         kb = await session.get(KnowledgeBase, kb_id)
     if kb is None or kb.livemode != caller.livemode:
@@ -166,7 +167,7 @@ async def _views(rt: Runtime, caller: Caller, kbs: list[KnowledgeBase]) -> list[
 async def create_knowledge_base(
     rt: Runtime, caller: Caller, req: CreateKnowledgeBaseRequest
 ) -> KnowledgeBaseView:
-    caller.require_account()
+    caller.require(Permission.KNOWLEDGE)
     name = req.name.strip()
     if not name:
         raise InvalidArgument("name must not be blank", param="name")
@@ -200,7 +201,7 @@ async def create_knowledge_base(
 
 
 async def list_knowledge_bases(rt: Runtime, caller: Caller) -> list[KnowledgeBaseView]:
-    caller.require_account()
+    caller.require(Permission.KNOWLEDGE)
     async with rt.db.scoped(caller.workspace_id) as session:
         kbs = (
             await session.exec(
@@ -463,7 +464,7 @@ async def attach_knowledge_base(
 ) -> AttachmentView:
     """From now on the instance retrieves from this knowledge base. Attaching twice is
     harmless."""
-    caller.require_account()
+    caller.require(Permission.KNOWLEDGE)
     instance = await _live_instance(rt, caller, instance_id)
     kb = await _load_kb(rt, caller, kb_id)
     async with rt.db.scoped(caller.workspace_id) as session:
@@ -498,7 +499,7 @@ async def detach_knowledge_base(
 ) -> AttachmentView:
     """The instance stops retrieving from this knowledge base at once; the attachment
     is deleted (the knowledge base itself stays)."""
-    caller.require_account()
+    caller.require(Permission.KNOWLEDGE)
     instance = await get_instance(rt, caller, instance_id)
     async with rt.db.scoped(caller.workspace_id) as session:
         row = (
@@ -520,7 +521,7 @@ async def detach_knowledge_base(
 
 
 async def list_attachments(rt: Runtime, caller: Caller, instance_id: str) -> list[AttachmentView]:
-    caller.require_account()
+    caller.require(Permission.KNOWLEDGE)
     instance = await get_instance(rt, caller, instance_id)
     async with rt.db.scoped(caller.workspace_id) as session:
         rows = (

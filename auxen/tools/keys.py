@@ -10,9 +10,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auxen.auth.keys import mint_key
 from auxen.runtime import Runtime
-from auxen.store.models import ApiKey, Instance, KeyKind
+from auxen.store.models import ApiKey, Instance, KeyKind, Role
+from auxen.tools import audit
 from auxen.tools.context import Caller
-from auxen.tools.errors import InvalidArgument, NotFound
+from auxen.tools.errors import InvalidArgument, NotFound, PermissionDenied
+from auxen.tools.permissions import Permission, at_least
 
 
 class CreateKeyRequest(BaseModel):
@@ -29,6 +31,11 @@ class CreateKeyRequest(BaseModel):
         description="Account keys only: live (auxen_live_) or test (auxen_test_); "
         "defaults to the calling key's mode",
     )
+    role: Role | None = Field(
+        default=None,
+        description="Account keys only: what the key may do (owner, admin or member); "
+        "defaults to, and may not exceed, the caller's own role",
+    )
 
 
 def new_key_row(
@@ -39,6 +46,7 @@ def new_key_row(
     livemode: bool,
     name: str = "",
     instance_id: str | None = None,
+    role: Role = Role.MEMBER,
 ) -> tuple[ApiKey, str]:
     """Add a key row to `session` (the caller commits); returns it and the plaintext."""
     minted = mint_key(kind, livemode=livemode)
@@ -51,15 +59,27 @@ def new_key_row(
         name=name,
         display_prefix=minted.display_prefix,
         secret_hash=minted.secret_hash,
+        role=role,
     )
     session.add(row)
     return row, minted.plaintext
 
 
 async def create_key(rt: Runtime, caller: Caller, req: CreateKeyRequest) -> tuple[ApiKey, str]:
-    caller.require_account()
+    caller.require(
+        Permission.INSTANCE_KEYS if req.instance_id is not None else Permission.ACCOUNT_KEYS
+    )
+    role = req.role or caller.role
+    if req.instance_id is None and not at_least(caller.role, role):
+        raise PermissionDenied(
+            f"a key cannot have a role above its creator's ({caller.role.value})", param="role"
+        )
     async with rt.db.scoped(caller.workspace_id) as session:
         if req.instance_id is not None:
+            if req.role is not None:
+                raise InvalidArgument(
+                    "instance keys only reach their instance; omit role", param="role"
+                )
             if req.livemode is not None:
                 raise InvalidArgument(
                     "instance keys take their instance's mode; omit livemode", param="livemode"
@@ -80,14 +100,20 @@ async def create_key(rt: Runtime, caller: Caller, req: CreateKeyRequest) -> tupl
         else:
             livemode = caller.livemode if req.livemode is None else req.livemode
             row, plaintext = new_key_row(
-                session, caller.workspace_id, KeyKind.ACCOUNT, livemode=livemode, name=req.name
-            )
+                session, caller.workspace_id, KeyKind.ACCOUNT, livemode=livemode, name=req.name,
+                role=role,
+            )  # fmt: skip
         await session.commit()
+    await audit.record_for(
+        rt, caller, "key.create", target_type="api_key", target_id=row.id,
+        detail={"kind": row.kind.value, "instance_id": row.instance_id,
+                "role": row.role.value if row.kind is KeyKind.ACCOUNT else None},
+    )  # fmt: skip
     return row, plaintext
 
 
 async def list_keys(rt: Runtime, caller: Caller, *, include_revoked: bool = False) -> list[ApiKey]:
-    caller.require_account()
+    caller.require(Permission.ACCOUNT_KEYS)
     async with rt.db.scoped(caller.workspace_id) as session:
         query = select(ApiKey).order_by(col(ApiKey.created_at).desc())
         if not include_revoked:
@@ -96,15 +122,24 @@ async def list_keys(rt: Runtime, caller: Caller, *, include_revoked: bool = Fals
 
 
 async def revoke_key(rt: Runtime, caller: Caller, key_id: str) -> ApiKey:
-    """Revoke a key; revoking a revoked key changes nothing and succeeds."""
-    caller.require_account()
+    """Revoke a key; revoking a revoked key changes nothing and succeeds. Members may
+    revoke instance keys; account keys need an admin."""
+    caller.require(Permission.INSTANCE_KEYS)
     async with rt.db.scoped(caller.workspace_id) as session:
         row = await session.get(ApiKey, key_id)
         if row is None:
             raise NotFound(f"no API key {key_id}", param="key_id")
-        if row.revoked_at is None:
+        if row.kind is KeyKind.ACCOUNT:
+            caller.require(Permission.ACCOUNT_KEYS)
+        revoked = row.revoked_at is None
+        if revoked:
             row.revoked_at = datetime.now(UTC)
             session.add(row)
             await session.commit()
     rt.auth.forget_key(key_id)
+    if revoked:
+        await audit.record_for(
+            rt, caller, "key.revoke", target_type="api_key", target_id=row.id,
+            detail={"kind": row.kind.value},
+        )  # fmt: skip
     return row

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from auxen.billing.stripe_payments import Checkout
 from auxen.runtime import Runtime
-from auxen.tools.billing import require_owner
+from auxen.tools import audit
 from auxen.tools.context import Caller
+from auxen.tools.permissions import Permission
 
 
 async def start_checkout(rt: Runtime, caller: Caller, amount_usd: int) -> Checkout:
-    caller.require_account()
-    await require_owner(rt, caller, "buy credits")
-    return await rt.payments.checkout(caller.workspace_id, caller.livemode, amount_usd)
+    caller.require(Permission.BUY_CREDITS)
+    made = await rt.payments.checkout(caller.workspace_id, caller.livemode, amount_usd)
+    await audit.record_for(
+        rt, caller, "credits.checkout", target_type="workspace", target_id=caller.workspace_id,
+        detail={"amount_usd": amount_usd, "livemode": caller.livemode},
+    )  # fmt: skip
+    return made

@@ -11,6 +11,7 @@ from auxen.runtime import Runtime
 from auxen.store.models import Instance, LedgerEntry, LedgerKind, UsageRecord, as_utc
 from auxen.tools.context import Caller
 from auxen.tools.errors import InvalidArgument
+from auxen.tools.permissions import Permission
 from auxen.tools.views import InstanceUsage, UsageSummary, _iso, micros_to_usd
 
 
@@ -29,7 +30,7 @@ def parse_since(value: str) -> datetime:
 async def get_usage(
     rt: Runtime, caller: Caller, *, instance_id: str | None = None, since: datetime | None = None
 ) -> UsageSummary:
-    caller.require_account()
+    caller.require(Permission.USAGE_READ)
     await rt.usage.flush()  # read-your-writes: calls this process just metered count
     now = datetime.now(UTC)
     async with rt.db.scoped(caller.workspace_id) as session:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from auxen.store.models import ApiKey, Instance, InstanceState, as_utc
+from auxen.store.models import ApiKey, Instance, InstanceState, KeyKind, as_utc
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -111,6 +111,7 @@ def key_view(key: ApiKey) -> dict[str, Any]:
         "id": key.id,
         "object": "api_key",
         "kind": key.kind.value,
+        "role": key.role.value if key.kind is KeyKind.ACCOUNT else None,
         "livemode": key.livemode,
         "instance_id": key.instance_id,
         "name": key.name,

@@ -38,7 +38,8 @@ async def create_workspace(
         await session.flush()
         session.add(Membership(workspace_id=workspace.id, user_id=user.id, role=Role.OWNER))
         _, plaintext = new_key_row(
-            session, workspace.id, KeyKind.ACCOUNT, livemode=livemode, name="first key"
-        )
+            session, workspace.id, KeyKind.ACCOUNT, livemode=livemode, name="first key",
+            role=Role.OWNER,
+        )  # fmt: skip
         await session.commit()
     return NewWorkspace(workspace, user, plaintext)

@@ -13,9 +13,9 @@ from auxen.auth.oauth import SCOPE_DESCRIPTIONS
 from auxen.auth.oauth.consents import Consents
 from auxen.billing.alerts import recent_alerts
 from auxen.store.models import Role, User
-from auxen.tools import accounts, mfa
+from auxen.tools import accounts, audit, mfa
 from auxen.tools.errors import AuxenError, RateLimited
-from auxen.web.pages import CsrfError, Pages, client_address
+from auxen.web.pages import CsrfError, Pages, _safe_next, client_address
 
 Form = dict[str, Any]
 
@@ -42,11 +42,13 @@ class AccountPages:
             if role in (Role.OWNER, Role.ADMIN)
             for alert in await recent_alerts(self.rt.db, workspace.id, True, limit=5)
         ]
+        current = await self.pages.current_workspace(request, user)
         return self.pages.render(
             request,
             "account.html",
             status=status,
             user=user,
+            current_workspace=current[0] if current else None,
             alerts=sorted(alerts, key=lambda a: a.created_at, reverse=True)[:5],
             workspaces=workspaces,
             recovery_left=await mfa.unused_recovery_codes(self.rt, user) if user.has_totp else 0,
@@ -103,6 +105,7 @@ class AccountPages:
                     request, "mfa_setup.html", status=400, error=exc.message,
                     enrolment=mfa.reopen_enrolment(self.rt, user, token),
                 )  # fmt: skip
+            await self._audit(request, user, "mfa.enable")
             return self.pages.render(request, "recovery_codes.html", codes=codes, new=True)
 
         return await self._posted(request, act)
@@ -112,6 +115,7 @@ class AccountPages:
             codes = await mfa.replace_recovery_codes(
                 self.rt, user, code=form.get("code", ""), address=client_address(request)
             )
+            await self._audit(request, user, "mfa.recovery_codes")
             return self.pages.render(request, "recovery_codes.html", codes=codes, new=False)
 
         return await self._posted(request, act)
@@ -122,7 +126,27 @@ class AccountPages:
                 self.rt, user, password=form.get("password", ""), code=form.get("code", ""),
                 address=client_address(request),
             )  # fmt: skip
+            await self._audit(request, user, "mfa.disable")
             return RedirectResponse("/account", status_code=303)
+
+        return await self._posted(request, act)
+
+    async def _audit(self, request: Request, user: User, action: str) -> None:
+        await audit.record_for_user(
+            self.rt.db, user.id, user.email, action, address=client_address(request),
+            user_agent=request.headers.get("user-agent"),
+        )  # fmt: skip
+
+    # -- the current workspace -------------------------------------------------------
+
+    async def choose_workspace(self, request: Request) -> Response:
+        async def act(user: User, form: Form) -> Response:
+            chosen = form.get("workspace_id", "")
+            mine = {w.id for w, _ in await accounts.workspaces_of(self.rt, user)}
+            response = RedirectResponse(_back(form.get("next")), status_code=303)
+            if chosen in mine:
+                self.pages.choose_workspace(response, chosen)
+            return response
 
         return await self._posted(request, act)
 
@@ -130,7 +154,18 @@ class AccountPages:
 
     async def revoke_app(self, request: Request) -> Response:
         async def act(user: User, form: Form) -> Response:
-            await self.consents.revoke(user.id, form.get("consent_id", ""))
+            revoked = await self.consents.revoke(user.id, form.get("consent_id", ""))
+            if revoked is not None:
+                await audit.record(
+                    self.rt.db, revoked.workspace_id,
+                    audit.Actor.person(user.id, user.email, client_address(request)),
+                    "oauth.consent_revoke", target_type="oauth_client",
+                    target_id=revoked.client_id,
+                )  # fmt: skip
             return RedirectResponse("/account", status_code=303)
 
         return await self._posted(request, act)
+
+
+def _back(next_url: str | None) -> str:
+    return _safe_next(next_url)

@@ -15,8 +15,14 @@ from auxen.auth.oauth import SCOPE_DESCRIPTIONS
 from auxen.auth.oauth.consents import Consents
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.auth.oauth.routes import with_iss
-from auxen.tools import accounts
-from auxen.web.pages import SECURITY_HEADERS, CsrfError, Pages, content_security_policy
+from auxen.tools import accounts, audit
+from auxen.web.pages import (
+    SECURITY_HEADERS,
+    CsrfError,
+    Pages,
+    client_address,
+    content_security_policy,
+)
 
 
 class Consent:
@@ -95,6 +101,12 @@ class Consent:
                 [str(s) for s in pending["scopes"]],
             )
             answer["code"] = await self.provider.issue_code(pending, user.id, workspace_id)
+            await audit.record(
+                self.pages.rt.db, workspace_id,
+                audit.Actor.person(user.id, user.email, client_address(request)),
+                "oauth.consent", target_type="oauth_client", target_id=str(client.client_id),
+                detail={"scopes": len(pending["scopes"])},
+            )  # fmt: skip
         else:
             answer["error"] = "access_denied"
             answer["error_description"] = "the user denied access"

@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from auxen.auth import passwords, web_sessions
 from auxen.runtime import Runtime
-from auxen.store.models import User
-from auxen.tools import accounts, mfa
+from auxen.store.models import Role, User
+from auxen.tools import accounts, audit, mfa
 from auxen.tools.errors import AuxenError, RateLimited
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -51,6 +52,7 @@ class Pages:
         self.session_cookie = web_sessions.cookie_name(rt.settings, "auxen_session")
         self.csrf_cookie = web_sessions.cookie_name(rt.settings, "auxen_csrf")
         self.mfa_cookie = web_sessions.cookie_name(rt.settings, "auxen_mfa")
+        self.workspace_cookie = web_sessions.cookie_name(rt.settings, "auxen_workspace")
         self.challenges = mfa.challenges(rt)
         self.secure = web_sessions.secure_cookies(rt.settings)
 
@@ -58,6 +60,30 @@ class Pages:
 
     async def current_user(self, request: Request) -> User | None:
         return await web_sessions.user_for(self.rt.db, request.cookies.get(self.session_cookie))
+
+    async def current_workspace(
+        self, request: Request, user: User | None = None
+    ) -> tuple[str, Role] | None:
+        """The workspace the signed-in person is working in, and their role there: the
+        one they picked on the account page (a cookie, checked against their memberships
+        on every request), else their first. None when signed out or in no workspace."""
+        user = user or await self.current_user(request)
+        if user is None:
+            return None
+        workspaces = await accounts.workspaces_of(self.rt, user)
+        if not workspaces:
+            return None
+        chosen = request.cookies.get(self.workspace_cookie)
+        for workspace, role in workspaces:
+            if workspace.id == chosen:
+                return workspace.id, role
+        return workspaces[0][0].id, workspaces[0][1]
+
+    def choose_workspace(self, response: Response, workspace_id: str) -> None:
+        response.set_cookie(
+            self.workspace_cookie, workspace_id, max_age=365 * 24 * 3600, httponly=True,
+            secure=self.secure, samesite="lax",
+        )  # fmt: skip
 
     def _csrf(self, request: Request) -> tuple[str, bool]:
         """The browser's CSRF token, and whether it still has to be set as a cookie."""
@@ -174,10 +200,16 @@ class Pages:
             page.headers["Retry-After"] = str(exc.retry_after_s)
             return page
         except AuxenError as exc:
-            return self.render(
+            page = self.render(
                 request, "login.html", status=401, error=exc.message, email=email[:320],
                 next=next_url,
             )  # fmt: skip
+            # After the answer is sent: the response time must not tell whether the
+            # email has an account.
+            page.background = BackgroundTask(
+                audit.record_failed_login, self.rt.db, email, address, _agent(request)
+            )
+            return page
         if user.has_totp:
             # The password was right; the session starts only after the second factor.
             challenge = self.challenges.issue({"user_id": user.id}, mfa.CHALLENGE_TTL_S)
@@ -194,6 +226,10 @@ class Pages:
             )
             response.headers.update(SECURITY_HEADERS)
             return response
+        await audit.record_for_user(
+            self.rt.db, user.id, user.email, "login.success", address=address,
+            user_agent=_agent(request), detail={"mfa": False},
+        )  # fmt: skip
         return self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
 
     def _challenged_user(self, request: Request) -> str | None:
@@ -228,9 +264,17 @@ class Pages:
             page.headers["Retry-After"] = str(exc.retry_after_s)
             return page
         except AuxenError as exc:
+            await audit.record_for_user(
+                self.rt.db, user_id, "", "login.failure", address=client_address(request),
+                user_agent=_agent(request), detail={"mfa": True},
+            )  # fmt: skip
             return self.render(
                 request, "login_mfa.html", status=401, error=exc.message, next=next_url
             )
+        await audit.record_for_user(
+            self.rt.db, user.id, user.email, "login.success", address=client_address(request),
+            user_agent=_agent(request), detail={"mfa": True},
+        )  # fmt: skip
         return self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
 
     async def logout(self, request: Request) -> Response:
@@ -246,6 +290,11 @@ class Pages:
 
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+def _agent(request: Request) -> str | None:
+    agent = request.headers.get("user-agent")
+    return agent[: audit.USER_AGENT_MAX] if agent else None
 
 
 def _safe_next(value: str | None) -> str:

@@ -76,13 +76,14 @@ class Consents:
             )
             return list(rows.all())
 
-    async def revoke(self, user_id: str, consent_id: str) -> bool:
-        """Forget the consent and revoke the client's tokens for this person."""
+    async def revoke(self, user_id: str, consent_id: str) -> OAuthConsent | None:
+        """Forget the consent and revoke the client's tokens for this person; the
+        consent that was revoked, or None if there was none."""
         async with self.db.system() as session:
             found = await session.get(OAuthConsent, consent_id[:32])
             if found is None or found.user_id != user_id:
-                return False
+                return None
             await session.delete(found)
             await session.commit()
         await self.provider.revoke_grants(user_id, found.client_id)
-        return True
+        return found

@@ -1,0 +1,82 @@
+"""Who may do what: the one table of permissions, and the roles they need.
+
+Every operation in `auxen.tools` that REST, MCP or the CLI call starts with
+`caller.require(Permission.X)`, so the three adapters cannot disagree. Roles are ordered
+member < admin < owner; each permission names the least role that holds it.
+
+- Member: instances (provision, list, get, query, destroy, instance keys), knowledge
+  bases, usage, reading the balance, the model catalog, seeing who else is a member.
+- Admin: + inviting, changing and removing members (not admins), account API keys,
+  spending caps, alert webhooks, buying credits, reading the audit log, the workspace's
+  own provider credentials (BYOK).
+- Owner: + deleting the workspace, transferring ownership, changing or removing admins.
+
+Account API keys carry a role (never above their creator's); OAuth grants act with the
+person's current membership role, read when the token is checked, so a demotion or a
+removal applies at once. Instance keys (`auxk_`) only ever reach their own instance's
+inference endpoint.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from auxen.store.models import Role
+
+RANK = {Role.MEMBER: 0, Role.ADMIN: 1, Role.OWNER: 2}
+
+
+class Permission(enum.StrEnum):
+    CATALOG_READ = "catalog:read"  # list_models, quote_instance
+    INSTANCES_READ = "instances:read"  # list_instances, get_instance, list_attachments
+    INSTANCES_WRITE = "instances:write"  # provision_instance, destroy_instance
+    INSTANCE_KEYS = "instance_keys"  # create/revoke auxk_ keys of an instance
+    QUERY = "query"  # query_instance, the OpenAI-compatible endpoints
+    KNOWLEDGE = "knowledge"  # knowledge bases, documents, search, attach/detach
+    USAGE_READ = "usage:read"  # get_usage
+    BALANCE_READ = "balance:read"  # get_balance
+    MEMBERS_READ = "members:read"  # list_members
+    MEMBERS_MANAGE = "members:manage"  # invites, role changes, removals (of members)
+    ACCOUNT_KEYS = "account_keys"  # create/list/revoke auxen_live_/auxen_test_ keys
+    CAPS = "caps"  # set_spending_cap
+    ALERT_WEBHOOK = "alert_webhook"  # set_alert_webhook
+    BUY_CREDITS = "buy_credits"  # buy_credits (Stripe Checkout)
+    AUDIT_READ = "audit:read"  # list_audit_events
+    PROVIDER_CREDENTIALS = "provider_credentials"  # BYOK: list/set/delete (never read back)
+    ADMINS_MANAGE = "admins:manage"  # change an admin's role, remove an admin
+    OWNERSHIP_TRANSFER = "ownership:transfer"  # transfer_ownership
+    WORKSPACE_DELETE = "workspace:delete"  # delete_workspace
+
+
+LEAST_ROLE: dict[Permission, Role] = {
+    Permission.CATALOG_READ: Role.MEMBER,
+    Permission.INSTANCES_READ: Role.MEMBER,
+    Permission.INSTANCES_WRITE: Role.MEMBER,
+    Permission.INSTANCE_KEYS: Role.MEMBER,
+    Permission.QUERY: Role.MEMBER,
+    Permission.KNOWLEDGE: Role.MEMBER,
+    Permission.USAGE_READ: Role.MEMBER,
+    Permission.BALANCE_READ: Role.MEMBER,
+    Permission.MEMBERS_READ: Role.MEMBER,
+    Permission.MEMBERS_MANAGE: Role.ADMIN,
+    Permission.ACCOUNT_KEYS: Role.ADMIN,
+    Permission.CAPS: Role.ADMIN,
+    Permission.ALERT_WEBHOOK: Role.ADMIN,
+    Permission.BUY_CREDITS: Role.ADMIN,
+    Permission.AUDIT_READ: Role.ADMIN,
+    Permission.PROVIDER_CREDENTIALS: Role.ADMIN,
+    Permission.ADMINS_MANAGE: Role.OWNER,
+    Permission.OWNERSHIP_TRANSFER: Role.OWNER,
+    Permission.WORKSPACE_DELETE: Role.OWNER,
+}
+
+# What an instance key may do besides nothing: query its own instance (and read it).
+INSTANCE_KEY_PERMISSIONS = frozenset({Permission.QUERY})
+
+
+def at_least(role: Role, needed: Role) -> bool:
+    return RANK[role] >= RANK[needed]
+
+
+def role_may(role: Role, permission: Permission) -> bool:
+    return at_least(role, LEAST_ROLE[permission])
