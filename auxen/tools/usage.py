@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 
 from auxen.runtime import Runtime
-from auxen.store.models import Instance, LedgerEntry, LedgerKind, UsageRecord, as_utc
+from auxen.store.models import (
+    Instance,
+    InstanceState,
+    LedgerEntry,
+    LedgerKind,
+    UsageRecord,
+    as_utc,
+)
 from auxen.tools.context import Caller
 from auxen.tools.errors import InvalidArgument
 from auxen.tools.views import InstanceUsage, UsageSummary, _iso, micros_to_usd
@@ -94,3 +102,183 @@ async def get_usage(
         cost_usd=micros_to_usd(total_cost),
         instances=per_instance,
     )
+
+
+# -- aggregates for charts and tables (summed in the database, never row by row) ---------
+
+
+@dataclass(frozen=True)
+class DayUsage:
+    day: date
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    charged_micros: int  # what the ledger charged that day (GPU ticks, tokens)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class InstanceSpend:
+    instance_id: str
+    model: str
+    state: InstanceState
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    charged_micros: int
+
+
+def _day(value: object) -> date:
+    """`date(ts)` comes back as a date (PostgreSQL) or an ISO string (SQLite)."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+def _in_mode(caller: Caller) -> sa.ColumnElement[bool]:
+    # Usage rows carry no mode of their own: they are their instance's.
+    modes = select(col(Instance.id)).where(col(Instance.livemode) == caller.livemode)
+    return col(UsageRecord.instance_id).in_(modes)
+
+
+async def usage_by_day(rt: Runtime, caller: Caller, *, days: int) -> list[DayUsage]:
+    """Requests, tokens and charges per UTC day for the last `days` days (today
+    included), every day present even when nothing happened."""
+    caller.require_account()
+    if not 1 <= days <= 366:
+        raise InvalidArgument("days must be between 1 and 366", param="days")
+    await rt.usage.flush()
+    today = datetime.now(UTC).date()
+    first = today - timedelta(days=days - 1)
+    since = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    async with rt.db.scoped(caller.workspace_id) as session:
+        use_day = sa.func.date(UsageRecord.created_at)
+        tokens = {
+            _day(row[0]): row[1:]
+            for row in (
+                await session.exec(
+                    select(
+                        use_day,
+                        sa.func.count(),
+                        sa.func.coalesce(sa.func.sum(UsageRecord.prompt_tokens), 0),
+                        sa.func.coalesce(sa.func.sum(UsageRecord.completion_tokens), 0),
+                    )
+                    .where(col(UsageRecord.created_at) >= since, _in_mode(caller))
+                    .group_by(use_day)
+                )
+            ).all()
+        }
+        charge_day = sa.func.date(LedgerEntry.created_at)
+        charged = {
+            _day(row[0]): int(row[1])
+            for row in (
+                await session.exec(
+                    select(charge_day, sa.func.sum(LedgerEntry.amount_micros))
+                    .where(
+                        col(LedgerEntry.kind) == LedgerKind.CHARGE.value,
+                        col(LedgerEntry.livemode) == caller.livemode,
+                        col(LedgerEntry.created_at) >= since,
+                    )
+                    .group_by(charge_day)
+                )
+            ).all()
+        }
+    out = []
+    for n in range(days):
+        day = first + timedelta(days=n)
+        requests, prompt, completion = tokens.get(day, (0, 0, 0))
+        out.append(DayUsage(day, int(requests), int(prompt), int(completion), charged.get(day, 0)))
+    return out
+
+
+async def usage_by_instance(
+    rt: Runtime, caller: Caller, *, days: int, limit: int = 50, offset: int = 0
+) -> tuple[list[InstanceSpend], int]:
+    """The instances that used or were charged anything in the last `days` days, dearest
+    first, one page of them; and how many there are in all."""
+    caller.require_account()
+    if not 1 <= days <= 366:
+        raise InvalidArgument("days must be between 1 and 366", param="days")
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise InvalidArgument("limit must be 1-1000 and offset not negative", param="limit")
+    await rt.usage.flush()
+    first = datetime.now(UTC).date() - timedelta(days=days - 1)
+    since = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    used = (
+        select(
+            col(UsageRecord.instance_id).label("instance_id"),
+            sa.func.count().label("requests"),
+            sa.func.sum(UsageRecord.prompt_tokens).label("prompt"),
+            sa.func.sum(UsageRecord.completion_tokens).label("completion"),
+        )
+        .where(
+            col(UsageRecord.workspace_id) == caller.workspace_id,
+            col(UsageRecord.created_at) >= since,
+        )
+        .group_by(col(UsageRecord.instance_id))
+        .subquery()
+    )
+    charged = (
+        select(
+            col(LedgerEntry.instance_id).label("instance_id"),
+            sa.func.sum(LedgerEntry.amount_micros).label("micros"),
+        )
+        .where(
+            col(LedgerEntry.workspace_id) == caller.workspace_id,
+            col(LedgerEntry.kind) == LedgerKind.CHARGE.value,
+            col(LedgerEntry.created_at) >= since,
+        )
+        .group_by(col(LedgerEntry.instance_id))
+        .subquery()
+    )
+    micros = sa.func.coalesce(charged.c.micros, 0)
+    query = (
+        sa.select(
+            col(Instance.id),
+            col(Instance.model),
+            col(Instance.state),
+            sa.func.coalesce(used.c.requests, 0),
+            sa.func.coalesce(used.c.prompt, 0),
+            sa.func.coalesce(used.c.completion, 0),
+            micros,
+        )
+        .outerjoin(used, used.c.instance_id == col(Instance.id))
+        .outerjoin(charged, charged.c.instance_id == col(Instance.id))
+        .where(
+            col(Instance.livemode) == caller.livemode,
+            sa.or_(used.c.instance_id.is_not(None), charged.c.instance_id.is_not(None)),
+        )
+    )
+    async with rt.db.scoped(caller.workspace_id) as session:
+        total = (
+            await session.execute(sa.select(sa.func.count()).select_from(query.subquery()))
+        ).scalar_one()
+        rows = (
+            await session.execute(
+                query.order_by(micros.desc(), col(Instance.id)).limit(limit).offset(offset)
+            )
+        ).all()
+    return [
+        InstanceSpend(r[0], r[1], InstanceState(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]))
+        for r in rows
+    ], int(total)
+
+
+async def charged_by_instance(
+    rt: Runtime, caller: Caller, instance_ids: list[str]
+) -> dict[str, int]:
+    """What the ledger has charged each of these instances so far (their cost so far)."""
+    caller.require_account()
+    if not instance_ids:
+        return {}
+    async with rt.db.scoped(caller.workspace_id) as session:
+        rows = await session.exec(
+            select(LedgerEntry.instance_id, sa.func.sum(LedgerEntry.amount_micros))
+            .where(
+                col(LedgerEntry.kind) == LedgerKind.CHARGE.value,
+                col(LedgerEntry.instance_id).in_(instance_ids[:1000]),
+            )
+            .group_by(col(LedgerEntry.instance_id))
+        )
+        return {str(row[0]): int(row[1]) for row in rows.all()}
