@@ -33,11 +33,14 @@ from auxen.tools import accounts, billing, instances, kb, keys, payments, usage
 from auxen.tools.context import Caller
 from auxen.tools.errors import AuxenError, InvalidArgument
 from auxen.tools.views import micros_to_usd
-from auxen.web.pages import SECURITY_HEADERS, CsrfError, Pages
+from auxen.web.pages import SECURITY_HEADERS, CsrfError, Pages, content_security_policy
 
 PAGE_SIZE = 50
 MODE_COOKIE = "auxen_mode"
 USAGE_WINDOWS = (7, 30, 90)
+# Buying credits posts here and is redirected to Stripe's hosted page: the billing page's
+# CSP lets its forms end up there, and nowhere else off the site.
+STRIPE_CHECKOUT = "https://checkout.stripe.com"
 STATUS = {
     "invalid_argument": 400,
     "unauthenticated": 401,
@@ -461,11 +464,15 @@ class Dashboard:
             a for a in await self.consents.of_user(visit.user.id)
             if a.workspace_id == visit.workspace.id
         ]  # fmt: skip
-        return self._render(
+        page = self._render(
             request, visit, "dashboard/billing.html", status=status, balance=balance, owner=owner,
             entries=entries, pager=Pager(pager.page, total), caps=caps, agents=agents,
             credits=request.query_params.get("credits"), **context,
         )  # fmt: skip
+        page.headers["Content-Security-Policy"] = content_security_policy(
+            f"'self' {STRIPE_CHECKOUT}"
+        )
+        return page
 
     async def billing(self, request: Request) -> Response:
         return await self._page(request, lambda visit: self._billing_page(request, visit))
