@@ -130,139 +130,98 @@ class InstanceSpend:
     completion_tokens: int
     charged_micros: int
 
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
 
 def _day(value: object) -> date:
     """`date(ts)` comes back as a date (PostgreSQL) or an ISO string (SQLite)."""
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
-def _in_mode(caller: Caller) -> sa.ColumnElement[bool]:
-    # Usage rows carry no mode of their own: they are their instance's.
-    modes = select(col(Instance.id)).where(col(Instance.livemode) == caller.livemode)
-    return col(UsageRecord.instance_id).in_(modes)
+@dataclass(frozen=True)
+class UsageBreakdown:
+    days: list[DayUsage]  # oldest first, every day of the window
+    instances: list[InstanceSpend]  # those that used or were charged anything, dearest first
 
 
-async def usage_by_day(rt: Runtime, caller: Caller, *, days: int) -> list[DayUsage]:
-    """Requests, tokens and charges per UTC day for the last `days` days (today
-    included), every day present even when nothing happened."""
+async def usage_breakdown(rt: Runtime, caller: Caller, *, days: int) -> UsageBreakdown:
+    """Requests, tokens and charges of the last `days` UTC days (today included), per day
+    and per instance. The database sums the rows per (day, instance) in two passes over
+    the window, read from the covering indexes (usage, then ledger charges); what comes
+    back is at most one row per instance and day, folded into both views here."""
     caller.require_account()
     if not 1 <= days <= 366:
         raise InvalidArgument("days must be between 1 and 366", param="days")
-    await rt.usage.flush()
-    today = datetime.now(UTC).date()
-    first = today - timedelta(days=days - 1)
-    since = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
-    async with rt.db.scoped(caller.workspace_id) as session:
-        use_day = sa.func.date(UsageRecord.created_at)
-        tokens = {
-            _day(row[0]): row[1:]
-            for row in (
-                await session.exec(
-                    select(
-                        use_day,
-                        sa.func.count(),
-                        sa.func.coalesce(sa.func.sum(UsageRecord.prompt_tokens), 0),
-                        sa.func.coalesce(sa.func.sum(UsageRecord.completion_tokens), 0),
-                    )
-                    .where(col(UsageRecord.created_at) >= since, _in_mode(caller))
-                    .group_by(use_day)
-                )
-            ).all()
-        }
-        charge_day = sa.func.date(LedgerEntry.created_at)
-        charged = {
-            _day(row[0]): int(row[1])
-            for row in (
-                await session.exec(
-                    select(charge_day, sa.func.sum(LedgerEntry.amount_micros))
-                    .where(
-                        col(LedgerEntry.kind) == LedgerKind.CHARGE.value,
-                        col(LedgerEntry.livemode) == caller.livemode,
-                        col(LedgerEntry.created_at) >= since,
-                    )
-                    .group_by(charge_day)
-                )
-            ).all()
-        }
-    out = []
-    for n in range(days):
-        day = first + timedelta(days=n)
-        requests, prompt, completion = tokens.get(day, (0, 0, 0))
-        out.append(DayUsage(day, int(requests), int(prompt), int(completion), charged.get(day, 0)))
-    return out
-
-
-async def usage_by_instance(
-    rt: Runtime, caller: Caller, *, days: int, limit: int = 50, offset: int = 0
-) -> tuple[list[InstanceSpend], int]:
-    """The instances that used or were charged anything in the last `days` days, dearest
-    first, one page of them; and how many there are in all."""
-    caller.require_account()
-    if not 1 <= days <= 366:
-        raise InvalidArgument("days must be between 1 and 366", param="days")
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise InvalidArgument("limit must be 1-1000 and offset not negative", param="limit")
-    await rt.usage.flush()
+    await rt.usage.flush()  # read-your-writes: calls this process just metered count
     first = datetime.now(UTC).date() - timedelta(days=days - 1)
     since = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
-    used = (
-        select(
-            col(UsageRecord.instance_id).label("instance_id"),
-            sa.func.count().label("requests"),
-            sa.func.sum(UsageRecord.prompt_tokens).label("prompt"),
-            sa.func.sum(UsageRecord.completion_tokens).label("completion"),
-        )
-        .where(
-            col(UsageRecord.workspace_id) == caller.workspace_id,
-            col(UsageRecord.created_at) >= since,
-        )
-        .group_by(col(UsageRecord.instance_id))
-        .subquery()
-    )
-    charged = (
-        select(
-            col(LedgerEntry.instance_id).label("instance_id"),
-            sa.func.sum(LedgerEntry.amount_micros).label("micros"),
-        )
-        .where(
-            col(LedgerEntry.workspace_id) == caller.workspace_id,
-            col(LedgerEntry.kind) == LedgerKind.CHARGE.value,
-            col(LedgerEntry.created_at) >= since,
-        )
-        .group_by(col(LedgerEntry.instance_id))
-        .subquery()
-    )
-    micros = sa.func.coalesce(charged.c.micros, 0)
-    query = (
-        sa.select(
-            col(Instance.id),
-            col(Instance.model),
-            col(Instance.state),
-            sa.func.coalesce(used.c.requests, 0),
-            sa.func.coalesce(used.c.prompt, 0),
-            sa.func.coalesce(used.c.completion, 0),
-            micros,
-        )
-        .outerjoin(used, used.c.instance_id == col(Instance.id))
-        .outerjoin(charged, charged.c.instance_id == col(Instance.id))
-        .where(
-            col(Instance.livemode) == caller.livemode,
-            sa.or_(used.c.instance_id.is_not(None), charged.c.instance_id.is_not(None)),
-        )
-    )
+    use_day, charge_day = sa.func.date(UsageRecord.created_at), sa.func.date(LedgerEntry.created_at)
     async with rt.db.scoped(caller.workspace_id) as session:
-        total = (
-            await session.execute(sa.select(sa.func.count()).select_from(query.subquery()))
-        ).scalar_one()
-        rows = (
+        used = (
             await session.execute(
-                query.order_by(micros.desc(), col(Instance.id)).limit(limit).offset(offset)
+                sa.select(
+                    use_day,
+                    col(UsageRecord.instance_id),
+                    sa.func.count(),
+                    sa.func.sum(UsageRecord.prompt_tokens),
+                    sa.func.sum(UsageRecord.completion_tokens),
+                )
+                .where(
+                    col(UsageRecord.workspace_id) == caller.workspace_id,
+                    col(UsageRecord.created_at) >= since,
+                )
+                .group_by(use_day, col(UsageRecord.instance_id))
             )
         ).all()
-    return [
-        InstanceSpend(r[0], r[1], InstanceState(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]))
-        for r in rows
-    ], int(total)
+        charged = (
+            await session.execute(
+                sa.select(
+                    charge_day, col(LedgerEntry.instance_id), sa.func.sum(LedgerEntry.amount_micros)
+                )
+                .where(
+                    col(LedgerEntry.workspace_id) == caller.workspace_id,
+                    col(LedgerEntry.kind) == LedgerKind.CHARGE.value,
+                    col(LedgerEntry.created_at) >= since,
+                    col(LedgerEntry.livemode) == caller.livemode,
+                )
+                .group_by(charge_day, col(LedgerEntry.instance_id))
+            )
+        ).all()
+        ids = {str(r[1]) for r in used} | {str(r[1]) for r in charged if r[1] is not None}
+        # Usage rows carry no mode of their own: they are their instance's.
+        known = {
+            row[0]: (row[1], InstanceState(row[2]))
+            for row in (
+                await session.execute(
+                    sa.select(col(Instance.id), col(Instance.model), col(Instance.state)).where(
+                        col(Instance.livemode) == caller.livemode, col(Instance.id).in_(ids)
+                    )
+                )
+            ).all()
+        }
+    per_day: dict[date, list[int]] = {first + timedelta(days=n): [0, 0, 0, 0] for n in range(days)}
+    per_instance: dict[str, list[int]] = {}
+    for day, instance_id, requests, prompt, completion in used:
+        if instance_id not in known:
+            continue
+        for totals in (per_day.setdefault(_day(day), [0, 0, 0, 0]),
+                       per_instance.setdefault(instance_id, [0, 0, 0, 0])):  # fmt: skip
+            totals[0] += int(requests)
+            totals[1] += int(prompt or 0)
+            totals[2] += int(completion or 0)
+    for day, instance_id, micros in charged:
+        per_day.setdefault(_day(day), [0, 0, 0, 0])[3] += int(micros)
+        if instance_id in known:
+            per_instance.setdefault(instance_id, [0, 0, 0, 0])[3] += int(micros)
+    return UsageBreakdown(
+        days=[DayUsage(d, *per_day[d]) for d in sorted(per_day) if d >= first],
+        instances=sorted(
+            (InstanceSpend(i, *known[i], *t) for i, t in per_instance.items()),
+            key=lambda s: (-s.charged_micros, -s.tokens, s.instance_id),
+        ),
+    )
 
 
 async def charged_by_instance(

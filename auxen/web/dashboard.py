@@ -224,7 +224,7 @@ class Dashboard:
             running = await instances.count_instances(
                 self.rt, visit.caller, states=[InstanceState(s) for s in BURNING_STATES]
             )
-            week = await usage.usage_by_day(self.rt, visit.caller, days=7)
+            week = (await usage.usage_breakdown(self.rt, visit.caller, days=7)).days
             return self._render(
                 request, visit, "dashboard/overview.html", balance=balance, running=running,
                 total=await instances.count_instances(self.rt, visit.caller),
@@ -388,16 +388,15 @@ class Dashboard:
     async def usage(self, request: Request) -> Response:
         async def build(visit: Visit) -> Response:
             days = _days(request)
-            daily = await usage.usage_by_day(self.rt, visit.caller, days=days)
-            page = _page_number(request)
-            per_instance, total = await usage.usage_by_instance(
-                self.rt, visit.caller, days=days, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
-            )
+            breakdown = await usage.usage_breakdown(self.rt, visit.caller, days=days)
+            daily = breakdown.days
+            pager = Pager(_page_number(request), len(breakdown.instances))
+            per_instance = breakdown.instances[pager.offset : pager.offset + PAGE_SIZE]
             points = [(d.day.isoformat(), d.tokens) for d in daily]
             spend = [(d.day.isoformat(), d.charged_micros) for d in daily]
             return self._render(
                 request, visit, "dashboard/usage.html", days=days, windows=USAGE_WINDOWS,
-                daily=daily, per_instance=per_instance, pager=Pager(page, total),
+                daily=daily, per_instance=per_instance, pager=pager,
                 tokens_chart=bar_chart("Tokens per day", points, lambda v: f"{v:,}"),
                 cost_chart=bar_chart("Cost per day", spend, usd),
             )  # fmt: skip
@@ -411,30 +410,23 @@ class Dashboard:
         days = _days(request)
         out = io.StringIO()
         writer = csv.writer(out)
+        breakdown = await usage.usage_breakdown(self.rt, visit.caller, days=days)
         if request.query_params.get("by") == "instance":
             writer.writerow(
                 ["instance_id", "model", "state", "requests", "prompt_tokens",
                  "completion_tokens", "charged_usd"]
             )  # fmt: skip
-            offset = 0
-            while True:
-                rows, total = await usage.usage_by_instance(
-                    self.rt, visit.caller, days=days, limit=1000, offset=offset
-                )
-                for r in rows:
-                    writer.writerow(
-                        [r.instance_id, r.model, r.state.value, r.requests, r.prompt_tokens,
-                         r.completion_tokens, micros_to_usd(r.charged_micros)]
-                    )  # fmt: skip
-                offset += len(rows)
-                if not rows or offset >= total:
-                    break
+            for r in breakdown.instances:
+                writer.writerow(
+                    [r.instance_id, r.model, r.state.value, r.requests, r.prompt_tokens,
+                     r.completion_tokens, micros_to_usd(r.charged_micros)]
+                )  # fmt: skip
             name = f"auxen-usage-by-instance-{days}d.csv"
         else:
             writer.writerow(
                 ["day", "requests", "prompt_tokens", "completion_tokens", "charged_usd"]
             )
-            for d in await usage.usage_by_day(self.rt, visit.caller, days=days):
+            for d in breakdown.days:
                 writer.writerow(
                     [d.day.isoformat(), d.requests, d.prompt_tokens, d.completion_tokens,
                      micros_to_usd(d.charged_micros)]
