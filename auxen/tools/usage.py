@@ -160,7 +160,7 @@ async def usage_breakdown(rt: Runtime, caller: Caller, *, days: int) -> UsageBre
     use_day, charge_day = sa.func.date(UsageRecord.created_at), sa.func.date(LedgerEntry.created_at)
     async with rt.db.scoped(caller.workspace_id) as session:
         used = (
-            await session.execute(
+            await session.exec(  # type: ignore[call-overload]  # five columns: Core select
                 sa.select(
                     use_day,
                     col(UsageRecord.instance_id),
@@ -176,8 +176,8 @@ async def usage_breakdown(rt: Runtime, caller: Caller, *, days: int) -> UsageBre
             )
         ).all()
         charged = (
-            await session.execute(
-                sa.select(
+            await session.exec(
+                select(
                     charge_day, col(LedgerEntry.instance_id), sa.func.sum(LedgerEntry.amount_micros)
                 )
                 .where(
@@ -194,8 +194,8 @@ async def usage_breakdown(rt: Runtime, caller: Caller, *, days: int) -> UsageBre
         known = {
             row[0]: (row[1], InstanceState(row[2]))
             for row in (
-                await session.execute(
-                    sa.select(col(Instance.id), col(Instance.model), col(Instance.state)).where(
+                await session.exec(
+                    select(col(Instance.id), col(Instance.model), col(Instance.state)).where(
                         col(Instance.livemode) == caller.livemode, col(Instance.id).in_(ids)
                     )
                 )
