@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/login/mfa", pages.mfa, methods=["POST"]),
         Route("/logout", pages.logout, methods=["POST"]),
         Route("/account", account.show, methods=["GET"]),
+        Route("/account/password", account.change_password, methods=["POST"]),
         Route("/account/mfa/setup", account.mfa_setup, methods=["POST"]),
         Route("/account/mfa/enable", account.mfa_enable, methods=["POST"]),
         Route("/account/mfa/recovery-codes", account.recovery_codes, methods=["POST"]),

@@ -26,7 +26,7 @@ import httpx2
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
-from tests.browsers import Authenticator
+from tests.browsers import Authenticator, csrf_of
 from tests.mcp_clients import structured
 from tests.servers import REPO, AuxenServer
 from tests.stripe_standin import StripeStandIn, sign
@@ -34,6 +34,7 @@ from tests.stripe_standin import StripeStandIn, sign
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = REPO / "build" / "screenshots"
 PASSWORD = "a dashboard passphrase"
+NEW_PASSWORD = "a changed dashboard passphrase"
 REDIRECT = "http://127.0.0.1:53998/callback"
 LIVE_SECRET = "sk_live_standin"
 WEBHOOK_SECRET = "whsec_live_standin"
@@ -227,6 +228,14 @@ def test_a_person_runs_their_account_from_the_dashboard(world: World, browser: B
     assert page.locator("ul.recovery-codes li").count() == 10
     page.goto(f"{url}/account")
     expect(page.get_by_text("On since")).to_be_visible()
+    page.get_by_label("Current password").fill("not my password")
+    page.get_by_label("New password").fill(NEW_PASSWORD)
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("alert")).to_have_text("the current password is wrong")
+    page.get_by_label("Current password").fill(PASSWORD)
+    page.get_by_label("New password").fill(NEW_PASSWORD)
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_text("Password changed.")).to_be_visible()
     shot(page, "security")
 
     # Every page: labelled fields, a skip link, one heading.
@@ -374,13 +383,16 @@ def test_a_person_runs_their_account_from_the_dashboard(world: World, browser: B
     assert agent.status_without_consent() == 401
     shot(page, "agent-revoked")
     # No page broke its Content-Security-Policy or scripts; the only failed loads are
-    # the two refused forms above (a bad cap amount, a wrong confirmation): 400s.
-    refused = [e for e in errors if "status of 400 (Bad Request)" in e]
-    assert len(refused) == 2 and len(errors) == 2, errors
+    # the refused forms above: a wrong current password (401), a bad cap amount and a
+    # wrong confirmation (400).
+    refused = [e for e in errors if re.search(r"status of 40[01] \((Bad Request|Unauth)", e)]
+    assert len(refused) == 3 and len(errors) == 3, errors
     context.close()
 
 
-def test_dashboard_forms_need_a_session_and_a_csrf_token(world: World) -> None:
+def test_forms_need_a_session_and_a_csrf_token_and_a_new_password_signs_out_others(
+    world: World,
+) -> None:
     url = world.server.url
     # Signed out: pages send you to sign in, the poll endpoint answers 401.
     anonymous = httpx2.Client(base_url=url, follow_redirects=False)
@@ -410,3 +422,37 @@ def test_dashboard_forms_need_a_session_and_a_csrf_token(world: World) -> None:
     assert "forged" not in keys.text
     billing = http.get("/billing")
     assert 'name="amount_usd" value=""' in billing.text  # no cap was set
+
+    # A new password signs out every other browser, and the old one stops working.
+    laptop = httpx2.Client(base_url=url, follow_redirects=False)
+    login = laptop.get("/login")
+    signed_in = laptop.post(
+        "/login",
+        data={"csrf_token": csrf_of(login), "email": "forms@example.com", "password": PASSWORD},
+    )
+    assert signed_in.status_code == 303 and laptop.get("/dashboard").status_code == 200
+    account = http.get("/account")
+    weak = http.post(
+        "/account/password",
+        data={
+            "csrf_token": csrf_of(account),
+            "current_password": PASSWORD,
+            "new_password": "short",
+        },
+    )
+    assert weak.status_code == 400 and laptop.get("/dashboard").status_code == 200
+    changed = http.post(
+        "/account/password",
+        data={"csrf_token": csrf_of(account), "current_password": PASSWORD,
+              "new_password": NEW_PASSWORD},
+    )  # fmt: skip
+    assert changed.status_code == 303
+    assert http.get("/dashboard").status_code == 200  # this browser stays signed in
+    assert laptop.get("/dashboard").headers["location"].startswith("/login")
+    again = httpx2.Client(base_url=url, follow_redirects=False)
+    old = again.post(
+        "/login",
+        data={"csrf_token": csrf_of(again.get("/login")), "email": "forms@example.com",
+              "password": PASSWORD},
+    )  # fmt: skip
+    assert old.status_code == 401
