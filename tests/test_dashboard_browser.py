@@ -423,6 +423,19 @@ def test_forms_need_a_session_and_a_csrf_token_and_a_new_password_signs_out_othe
     billing = http.get("/billing")
     assert 'name="amount_usd" value=""' in billing.text  # no cap was set
 
+    # Test mode: the switch shows (and makes) test-mode keys; live ones stay apart.
+    live_key = http.post("/keys", data={"csrf_token": csrf_of(keys), "name": "live one"})
+    assert "auxen_live_" in live_key.text
+    overview = http.get("/dashboard")
+    switched = http.post("/dashboard/mode", data={"csrf_token": csrf_of(overview), "mode": "test"})
+    assert switched.status_code == 303
+    test_keys = http.get("/keys")
+    assert "Test mode" in test_keys.text and "live one" not in test_keys.text
+    made = http.post("/keys", data={"csrf_token": csrf_of(test_keys), "name": "test one"})
+    assert re.search(r'value="auxen_test_\w+"', made.text)
+    back = http.post("/dashboard/mode", data={"csrf_token": csrf_of(overview), "mode": "live"})
+    assert back.status_code == 303 and "live one" in http.get("/keys").text
+
     # A new password signs out every other browser, and the old one stops working.
     laptop = httpx2.Client(base_url=url, follow_redirects=False)
     login = laptop.get("/login")
