@@ -98,21 +98,21 @@ class Chart:
 
 def bar_chart(title: str, points: list[tuple[str, int]], fmt: Callable[[int], str]) -> Chart:
     width, height, gap = 640, 160, 2
-    biggest = max((v for _, v in points), default=0) or 1
+    top = max((v for _, v in points), default=0)
     step = width / max(len(points), 1)
     bars = []
     for i, (label, value) in enumerate(points):
-        h = round(value / biggest * (height - 4), 2)
+        h = round(value / top * (height - 4), 2) if top else 0
         bars.append(Bar(round(i * step, 2), height - h, max(step - gap, 1), h, label, fmt(value)))
-    return Chart(title, bars, width, height, fmt(biggest) if biggest > 1 else fmt(0))
+    return Chart(title, bars, width, height, fmt(top))
 
 
 def usd(micros: int) -> str:
-    return (
-        "$" + f"{micros / 1_000_000:,.2f}"
-        if micros >= 10_000 or micros == 0
-        else "$" + (micros_to_usd(micros))
-    )
+    """Dollars for people: cents once there are any, every digit below a cent."""
+    sign, micros = ("-" if micros < 0 else ""), abs(micros)
+    if micros == 0 or micros >= 10_000:
+        return f"{sign}${micros / 1_000_000:,.2f}"
+    return f"{sign}${micros_to_usd(micros)}"
 
 
 def _page_number(request: Request) -> int:
