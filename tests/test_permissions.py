@@ -110,6 +110,7 @@ NOT_KEYED: dict[tuple[str, str], str] = {
 PAGE_PREFIXES = (
     "/signup", "/login", "/logout", "/account", "/members", "/audit", "/oauth/consent",
     "/.well-known/oauth-", "/register", "/authorize", "/token", "/revoke", "/dashboard",
+    "/instances", "/keys", "/knowledge-bases", "/usage", "/billing",
 )  # fmt: skip
 
 # Every MCP tool, the least role it needs, and arguments that pass its schema.

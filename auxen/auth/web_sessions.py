@@ -78,3 +78,14 @@ async def end(db: Database, token: str | None) -> None:
     async with db.system() as session:
         await session.exec(sa.delete(WebSession).where(col(WebSession.token_hash) == _hash(token)))
         await session.commit()
+
+
+async def end_others(db: Database, user_id: str, keep: str | None) -> None:
+    """Sign the person out everywhere but the browser holding `keep` (after a password
+    change, a stolen session must not outlive the old password)."""
+    async with db.system() as session:
+        query = sa.delete(WebSession).where(col(WebSession.user_id) == user_id)
+        if keep:
+            query = query.where(col(WebSession.token_hash) != _hash(keep))
+        await session.exec(query)
+        await session.commit()

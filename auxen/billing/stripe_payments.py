@@ -88,8 +88,8 @@ class StripePayments:
             ],
             "metadata": {"workspace_id": workspace_id},
             "payment_intent_data": {"metadata": {"workspace_id": workspace_id}},
-            "success_url": f"{base}/account?credits=thanks",
-            "cancel_url": f"{base}/account?credits=cancelled",
+            "success_url": f"{base}/billing?credits=thanks",
+            "cancel_url": f"{base}/billing?credits=cancelled",
         }
         session = await self._call(
             lambda: client.v1.checkout.sessions.create(params=params)  # type: ignore[arg-type]

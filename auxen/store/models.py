@@ -222,6 +222,13 @@ class UsageRecord(TenantScoped, SQLModel, table=True):
     """One proxied inference call: counts and timings only, never content."""
 
     __tablename__ = "usage_record"
+    # The dashboard's sums per day and per instance read a window of this from the index.
+    __table_args__ = (
+        sa.Index(
+            "ix_usage_record_workspace_time",
+            "workspace_id", "created_at", "instance_id", "prompt_tokens", "completion_tokens",
+        ),
+    )  # fmt: skip
 
     id: str = Field(default_factory=lambda: new_id("use"), primary_key=True, max_length=32)
     workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
@@ -386,7 +393,14 @@ class LedgerEntry(TenantScoped, SQLModel, table=True):
     """One movement of money. Rows are only ever inserted; every balance is a sum."""
 
     __tablename__ = "ledger_entry"
-    __table_args__ = (sa.UniqueConstraint("workspace_id", "kind", "reference"),)
+    __table_args__ = (
+        sa.UniqueConstraint("workspace_id", "kind", "reference"),
+        # Charges per day and per instance over a window, read from the index alone.
+        sa.Index(
+            "ix_ledger_entry_workspace_kind_time",
+            "workspace_id", "kind", "created_at", "livemode", "instance_id", "amount_micros",
+        ),
+    )  # fmt: skip
 
     id: str = Field(default_factory=lambda: new_id("led"), primary_key=True, max_length=32)
     workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)

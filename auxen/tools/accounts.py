@@ -1,10 +1,12 @@
-"""People's accounts: sign up (a workspace with the new user as its owner) and sign in."""
+"""People's accounts: sign up (a workspace with the new user as its owner), sign in,
+change the password."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -83,3 +85,27 @@ async def workspaces_of(rt: Runtime, user: User) -> list[tuple[Workspace, Role]]
             )
         ).all()
     return [(w, Role(r)) for w, r in rows]
+
+
+async def change_password(rt: Runtime, user: User, *, current: str, new: str, address: str) -> None:
+    """Replace the person's password once the current one is given (guessing it is
+    throttled like signing in); a weak new password is refused and changes nothing."""
+    subjects = {
+        f"login:account:{user.email}": throttle.ACCOUNT,
+        f"login:address:{address}": throttle.ADDRESS,
+    }
+    guard = throttle.Throttle(rt.db)
+    await guard.admit(subjects)
+    async with rt.db.system() as session:
+        stored = await session.get(User, user.id)
+    if stored is None or not await verify_password(stored.password_hash, current[:1024]):
+        await guard.failed(subjects)
+        raise Unauthenticated("the current password is wrong", param="current_password")
+    await guard.succeeded(f"login:account:{user.email}")
+    check_strength(new, email=user.email)
+    hashed = await hash_password(new)
+    async with rt.db.system() as session:
+        await session.exec(
+            sa.update(User).where(col(User.id) == user.id).values(password_hash=hashed)
+        )
+        await session.commit()

@@ -20,7 +20,14 @@ from auxen.auth.sealing import seal
 from auxen.billing.alerts import check_webhook_url, recent_alerts
 from auxen.billing.ledger import month_start
 from auxen.runtime import Runtime
-from auxen.store.models import CapScope, Instance, SpendingCap, Workspace
+from auxen.store.models import (
+    CapScope,
+    Instance,
+    LedgerEntry,
+    LedgerKind,
+    SpendingCap,
+    Workspace,
+)
 from auxen.tools import audit
 from auxen.tools.context import Caller
 from auxen.tools.errors import InvalidArgument, NotFound
@@ -236,3 +243,34 @@ async def set_alert_webhook(rt: Runtime, caller: Caller, url: str | None) -> Web
         target_id=caller.workspace_id, detail={"set": url is not None},
     )  # fmt: skip
     return WebhookView(url=url, secret=secret)
+
+
+# What the ledger listing shows: money in and out, not the reservations and releases
+# that only move money between "available" and "held".
+STATEMENT_KINDS = (LedgerKind.PURCHASE, LedgerKind.GRANT, LedgerKind.CHARGE, LedgerKind.REVERSAL)
+
+
+async def list_ledger(
+    rt: Runtime, caller: Caller, *, limit: int = 50, offset: int = 0
+) -> tuple[list[LedgerEntry], int]:
+    """One page of the workspace's statement (purchases, grants, charges, reversals),
+    newest first, and how many entries it has in all. Admins and the owner."""
+    caller.require(Permission.LEDGER_READ)
+    if not 1 <= limit <= 500 or offset < 0:
+        raise InvalidArgument("limit must be 1-500 and offset not negative", param="limit")
+    kinds = [k.value for k in STATEMENT_KINDS]
+    async with rt.db.scoped(caller.workspace_id) as session:
+        where = (col(LedgerEntry.livemode) == caller.livemode, col(LedgerEntry.kind).in_(kinds))
+        total = (
+            await session.exec(select(sa.func.count()).select_from(LedgerEntry).where(*where))
+        ).one()
+        rows = (
+            await session.exec(
+                select(LedgerEntry)
+                .where(*where)
+                .order_by(col(LedgerEntry.created_at).desc(), col(LedgerEntry.id))
+                .limit(limit)
+                .offset(offset)
+            )
+        ).all()
+    return list(rows), int(total)

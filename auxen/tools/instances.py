@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -275,21 +277,45 @@ async def get_instance(rt: Runtime, caller: Caller, instance_id: str) -> Instanc
 
 
 async def list_instances(
-    rt: Runtime, caller: Caller, *, state: InstanceState | None = None, limit: int = 100
+    rt: Runtime,
+    caller: Caller,
+    *,
+    state: InstanceState | None = None,
+    limit: int = 100,
+    offset: int = 0,
 ) -> list[Instance]:
     caller.require(Permission.INSTANCES_READ)
     if not 1 <= limit <= 1000:
         raise InvalidArgument("limit must be between 1 and 1000", param="limit")
+    if offset < 0:
+        raise InvalidArgument("offset must not be negative", param="offset")
     async with rt.db.scoped(caller.workspace_id) as session:
         query = (
             select(Instance)
             .where(col(Instance.livemode) == caller.livemode)
-            .order_by(col(Instance.created_at).desc())
+            .order_by(col(Instance.created_at).desc(), col(Instance.id))
             .limit(limit)
+            .offset(offset)
         )
         if state is not None:
             query = query.where(col(Instance.state) == state.value)
         return list((await session.exec(query)).all())
+
+
+async def count_instances(
+    rt: Runtime, caller: Caller, *, states: Sequence[InstanceState] | None = None
+) -> int:
+    """How many instances the workspace has (in this mode), in `states` if given."""
+    caller.require_account()
+    async with rt.db.scoped(caller.workspace_id) as session:
+        query = (
+            select(sa.func.count())
+            .select_from(Instance)
+            .where(col(Instance.livemode) == caller.livemode)
+        )
+        if states is not None:
+            query = query.where(col(Instance.state).in_([s.value for s in states]))
+        return int((await session.exec(query)).one())
 
 
 async def destroy_instance(rt: Runtime, caller: Caller, instance_id: str) -> Instance:

@@ -534,6 +534,22 @@ async def list_attachments(rt: Runtime, caller: Caller, instance_id: str) -> lis
     return [_attachment_view(r) for r in rows]
 
 
+async def attachments_of_knowledge_base(
+    rt: Runtime, caller: Caller, kb_id: str
+) -> list[AttachmentView]:
+    """The instances a knowledge base is attached to."""
+    kb = await _load_kb(rt, caller, kb_id)
+    async with rt.db.scoped(caller.workspace_id) as session:
+        rows = (
+            await session.exec(
+                select(KbAttachment)
+                .where(col(KbAttachment.knowledge_base_id) == kb.id)
+                .order_by(col(KbAttachment.created_at))
+            )
+        ).all()
+    return [_attachment_view(r) for r in rows]
+
+
 # -- retrieval ---------------------------------------------------------------------------
 
 

@@ -112,12 +112,27 @@ async def create_key(rt: Runtime, caller: Caller, req: CreateKeyRequest) -> tupl
     return row, plaintext
 
 
-async def list_keys(rt: Runtime, caller: Caller, *, include_revoked: bool = False) -> list[ApiKey]:
+async def list_keys(
+    rt: Runtime,
+    caller: Caller,
+    *,
+    include_revoked: bool = False,
+    kind: KeyKind | None = None,
+    livemode: bool | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[ApiKey]:
     caller.require(Permission.ACCOUNT_KEYS)
     async with rt.db.scoped(caller.workspace_id) as session:
-        query = select(ApiKey).order_by(col(ApiKey.created_at).desc())
+        query = select(ApiKey).order_by(col(ApiKey.created_at).desc(), col(ApiKey.id))
         if not include_revoked:
             query = query.where(col(ApiKey.revoked_at).is_(None))
+        if kind is not None:
+            query = query.where(col(ApiKey.kind) == kind.value)
+        if livemode is not None:
+            query = query.where(col(ApiKey.livemode) == livemode)
+        if limit is not None:
+            query = query.limit(limit).offset(offset)
         return list((await session.exec(query)).all())
 
 

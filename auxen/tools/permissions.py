@@ -42,6 +42,7 @@ class Permission(enum.StrEnum):
     ALERT_WEBHOOK = "alert_webhook"  # set_alert_webhook
     BUY_CREDITS = "buy_credits"  # buy_credits (Stripe Checkout)
     AUDIT_READ = "audit:read"  # list_audit_events
+    LEDGER_READ = "ledger:read"  # list_ledger (the statement on the billing page)
     PROVIDER_CREDENTIALS = "provider_credentials"  # BYOK: list/set/delete (never read back)
     ADMINS_MANAGE = "admins:manage"  # change an admin's role, remove an admin
     OWNERSHIP_TRANSFER = "ownership:transfer"  # transfer_ownership
@@ -64,6 +65,7 @@ LEAST_ROLE: dict[Permission, Role] = {
     Permission.ALERT_WEBHOOK: Role.ADMIN,
     Permission.BUY_CREDITS: Role.ADMIN,
     Permission.AUDIT_READ: Role.ADMIN,
+    Permission.LEDGER_READ: Role.ADMIN,
     Permission.PROVIDER_CREDENTIALS: Role.ADMIN,
     Permission.ADMINS_MANAGE: Role.OWNER,
     Permission.OWNERSHIP_TRANSFER: Role.OWNER,

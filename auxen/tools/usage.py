@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 
 from auxen.runtime import Runtime
-from auxen.store.models import Instance, LedgerEntry, LedgerKind, UsageRecord, as_utc
+from auxen.store.models import (
+    Instance,
+    InstanceState,
+    LedgerEntry,
+    LedgerKind,
+    UsageRecord,
+    as_utc,
+)
 from auxen.tools.context import Caller
 from auxen.tools.errors import InvalidArgument
 from auxen.tools.permissions import Permission
@@ -95,3 +103,142 @@ async def get_usage(
         cost_usd=micros_to_usd(total_cost),
         instances=per_instance,
     )
+
+
+# -- aggregates for charts and tables (summed in the database, never row by row) ---------
+
+
+@dataclass(frozen=True)
+class DayUsage:
+    day: date
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    charged_micros: int  # what the ledger charged that day (GPU ticks, tokens)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class InstanceSpend:
+    instance_id: str
+    model: str
+    state: InstanceState
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    charged_micros: int
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def _day(value: object) -> date:
+    """`date(ts)` comes back as a date (PostgreSQL) or an ISO string (SQLite)."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+@dataclass(frozen=True)
+class UsageBreakdown:
+    days: list[DayUsage]  # oldest first, every day of the window
+    instances: list[InstanceSpend]  # those that used or were charged anything, dearest first
+
+
+async def usage_breakdown(rt: Runtime, caller: Caller, *, days: int) -> UsageBreakdown:
+    """Requests, tokens and charges of the last `days` UTC days (today included), per day
+    and per instance. The database sums the rows per (day, instance) in two passes over
+    the window, read from the covering indexes (usage, then ledger charges); what comes
+    back is at most one row per instance and day, folded into both views here."""
+    caller.require_account()
+    if not 1 <= days <= 366:
+        raise InvalidArgument("days must be between 1 and 366", param="days")
+    await rt.usage.flush()  # read-your-writes: calls this process just metered count
+    first = datetime.now(UTC).date() - timedelta(days=days - 1)
+    since = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    use_day, charge_day = sa.func.date(UsageRecord.created_at), sa.func.date(LedgerEntry.created_at)
+    async with rt.db.scoped(caller.workspace_id) as session:
+        used = (
+            await session.exec(  # type: ignore[call-overload]  # five columns: Core select
+                sa.select(
+                    use_day,
+                    col(UsageRecord.instance_id),
+                    sa.func.count(),
+                    sa.func.sum(UsageRecord.prompt_tokens),
+                    sa.func.sum(UsageRecord.completion_tokens),
+                )
+                .where(
+                    col(UsageRecord.workspace_id) == caller.workspace_id,
+                    col(UsageRecord.created_at) >= since,
+                )
+                .group_by(use_day, col(UsageRecord.instance_id))
+            )
+        ).all()
+        charged = (
+            await session.exec(
+                select(
+                    charge_day, col(LedgerEntry.instance_id), sa.func.sum(LedgerEntry.amount_micros)
+                )
+                .where(
+                    col(LedgerEntry.workspace_id) == caller.workspace_id,
+                    col(LedgerEntry.kind) == LedgerKind.CHARGE.value,
+                    col(LedgerEntry.created_at) >= since,
+                    col(LedgerEntry.livemode) == caller.livemode,
+                )
+                .group_by(charge_day, col(LedgerEntry.instance_id))
+            )
+        ).all()
+        ids = {str(r[1]) for r in used} | {str(r[1]) for r in charged if r[1] is not None}
+        # Usage rows carry no mode of their own: they are their instance's.
+        known = {
+            row[0]: (row[1], InstanceState(row[2]))
+            for row in (
+                await session.exec(
+                    select(col(Instance.id), col(Instance.model), col(Instance.state)).where(
+                        col(Instance.livemode) == caller.livemode, col(Instance.id).in_(ids)
+                    )
+                )
+            ).all()
+        }
+    per_day: dict[date, list[int]] = {first + timedelta(days=n): [0, 0, 0, 0] for n in range(days)}
+    per_instance: dict[str, list[int]] = {}
+    for day, instance_id, requests, prompt, completion in used:
+        if instance_id not in known:
+            continue
+        for totals in (per_day.setdefault(_day(day), [0, 0, 0, 0]),
+                       per_instance.setdefault(instance_id, [0, 0, 0, 0])):  # fmt: skip
+            totals[0] += int(requests)
+            totals[1] += int(prompt or 0)
+            totals[2] += int(completion or 0)
+    for day, instance_id, micros in charged:
+        per_day.setdefault(_day(day), [0, 0, 0, 0])[3] += int(micros)
+        if instance_id in known:
+            per_instance.setdefault(instance_id, [0, 0, 0, 0])[3] += int(micros)
+    return UsageBreakdown(
+        days=[DayUsage(d, *per_day[d]) for d in sorted(per_day) if d >= first],
+        instances=sorted(
+            (InstanceSpend(i, *known[i], *t) for i, t in per_instance.items()),
+            key=lambda s: (-s.charged_micros, -s.tokens, s.instance_id),
+        ),
+    )
+
+
+async def charged_by_instance(
+    rt: Runtime, caller: Caller, instance_ids: list[str]
+) -> dict[str, int]:
+    """What the ledger has charged each of these instances so far (their cost so far)."""
+    caller.require_account()
+    if not instance_ids:
+        return {}
+    async with rt.db.scoped(caller.workspace_id) as session:
+        rows = await session.exec(
+            select(LedgerEntry.instance_id, sa.func.sum(LedgerEntry.amount_micros))
+            .where(
+                col(LedgerEntry.kind) == LedgerKind.CHARGE.value,
+                col(LedgerEntry.instance_id).in_(instance_ids[:1000]),
+            )
+            .group_by(col(LedgerEntry.instance_id))
+        )
+        return {str(row[0]): int(row[1]) for row in rows.all()}

@@ -1,4 +1,4 @@
-"""The account page: workspaces, the second factor (set up with a QR code, recovery
+"""The account page: workspaces, the password, the second factor (set up with a QR code, recovery
 codes, turn off) and the agents the person has allowed in (revoke any of them)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from auxen.auth import passwords, web_sessions
 from auxen.auth.oauth import SCOPE_DESCRIPTIONS
 from auxen.auth.oauth.consents import Consents
 from auxen.billing.alerts import recent_alerts
@@ -54,6 +55,7 @@ class AccountPages:
             recovery_left=await mfa.unused_recovery_codes(self.rt, user) if user.has_totp else 0,
             apps=await self.consents.of_user(user.id),
             scope_descriptions=SCOPE_DESCRIPTIONS,
+            min_password=passwords.MIN_LENGTH,
             **context,
         )
 
@@ -80,6 +82,21 @@ class AccountPages:
             return await self._render(
                 request, user, status=status.get(exc.code, 400), error=exc.message
             )
+
+    # -- password --------------------------------------------------------------------
+
+    async def change_password(self, request: Request) -> Response:
+        async def act(user: User, form: Form) -> Response:
+            await accounts.change_password(
+                self.rt, user, current=form.get("current_password", ""),
+                new=form.get("new_password", ""), address=client_address(request),
+            )  # fmt: skip
+            await web_sessions.end_others(
+                self.rt.db, user.id, request.cookies.get(self.pages.session_cookie)
+            )
+            return RedirectResponse("/account?password=changed", status_code=303)
+
+        return await self._posted(request, act)
 
     # -- second factor ---------------------------------------------------------------
 
