@@ -17,6 +17,7 @@ from auxen.inference.providers import build_provider
 from auxen.inference.providers.base import Provider
 from auxen.inference.usage import UsageRecorder
 from auxen.kb.service import KnowledgeEngine
+from auxen.notify.worker import NotificationWorker
 from auxen.store.db import Database
 
 
@@ -35,6 +36,7 @@ class Runtime:
     meter: GpuMeter
     payments: StripePayments
     alerts: Alerts
+    notifier: NotificationWorker
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -63,7 +65,7 @@ class Runtime:
         payments = StripePayments(db, ledger, settings)
         return cls(
             settings, db, provider, manager, auth, usage, gateway, kb, prices, ledger, meter,
-            payments, alerts,
+            payments, alerts, NotificationWorker(db, settings),
         )  # fmt: skip
 
     async def start(self, *, background: bool = True) -> None:
@@ -74,12 +76,13 @@ class Runtime:
             self.instances.start_reconciler()
             self.meter.start()
             self.usage.start()
+            self.notifier.start()
 
     async def close(self) -> None:
+        await self.notifier.close()
         await self.meter.close()
         await self.instances.close()
         await self.gateway.settled()
-        await self.alerts.delivered()
         await self.gateway.close()
         await self.usage.close()
         await self.auth.close()

@@ -7,7 +7,6 @@ agent can lower what it may spend, never quietly raise it past the owner's choic
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
@@ -16,11 +15,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
-from auxen.auth.sealing import seal
-from auxen.billing.alerts import check_webhook_url, recent_alerts
+from auxen.billing.alerts import recent_alerts
 from auxen.billing.ledger import month_start
 from auxen.runtime import Runtime
-from auxen.store.models import CapScope, Instance, Membership, Role, SpendingCap, Workspace
+from auxen.store.models import CapScope, Instance, Membership, Role, SpendingCap
 from auxen.tools.context import Caller
 from auxen.tools.errors import InvalidArgument, NotFound, PermissionDenied
 from auxen.tools.views import _iso, micros_to_usd
@@ -210,32 +208,3 @@ async def require_owner(rt: Runtime, caller: Caller, what: str) -> None:
         ).first()
     if role != Role.OWNER:
         raise PermissionDenied(f"only the workspace's owner can {what}")
-
-
-class WebhookView(BaseModel):
-    url: str | None
-    secret: str | None = Field(
-        description="Signs every delivery (Auxen-Signature: t=..,v1=HMAC-SHA256 of "
-        '"t.body"); shown once, when the URL is set'
-    )
-
-
-async def set_alert_webhook(rt: Runtime, caller: Caller, url: str | None) -> WebhookView:
-    """Where the workspace's alerts are POSTed (None stops it); owner only. A new secret
-    is made each time and shown once."""
-    caller.require_account()
-    await require_owner(rt, caller, "set where alerts go")
-    secret = None
-    if url is not None:
-        url = check_webhook_url(url, production=rt.settings.is_production)
-        secret = "whsec_" + secrets.token_urlsafe(32)
-    async with rt.db.system() as session:
-        workspace = await session.get(Workspace, caller.workspace_id)
-        assert workspace is not None
-        workspace.alert_webhook_url = url
-        workspace.alert_webhook_sealed = (
-            seal(rt.settings.master_key_bytes, caller.workspace_id, secret) if secret else None
-        )
-        session.add(workspace)
-        await session.commit()
-    return WebhookView(url=url, secret=secret)
