@@ -132,6 +132,9 @@ async def test_agent_over_streamable_http(world: World) -> None:
             "get_balance",
             "set_spending_cap",
             "buy_credits",
+            "get_conversation",
+            "list_conversations",
+            "delete_conversation",
         }
         for tool in listed.tools:
             assert tool.description and tool.output_schema and tool.annotations
