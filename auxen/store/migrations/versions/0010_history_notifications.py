@@ -6,6 +6,7 @@ Revises: 0008
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -167,10 +168,11 @@ def upgrade() -> None:
     conn = op.get_bind()
     rows = conn.execute(
         sa.text(
-            "SELECT id, alert_webhook_url, alert_webhook_sealed, created_at FROM workspace "
+            "SELECT id, alert_webhook_url, alert_webhook_sealed FROM workspace "
             "WHERE alert_webhook_url IS NOT NULL AND alert_webhook_sealed IS NOT NULL"
         )
     ).all()
+    now = datetime.now(UTC)
     if rows:
         op.bulk_insert(
             webhook_endpoint,
@@ -182,9 +184,9 @@ def upgrade() -> None:
                     "secret_sealed": sealed,
                     "events": "spend_limit_reached",
                     "alerts": True,
-                    "created_at": created,
+                    "created_at": now,
                 }
-                for ws, url, sealed, created in rows
+                for ws, url, sealed in rows
             ],
         )
         # One place holds it from now on (the columns stay for older code; a later
