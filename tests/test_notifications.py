@@ -24,7 +24,7 @@ from auxen.notify import Event, EventType, notify
 from auxen.notify.worker import NotificationWorker
 from auxen.store.db import Database
 from auxen.store.models import Membership, Role, User, WebhookEndpoint, Workspace
-from tests.browsers import csrf_of
+from tests.browsers import csrf_of, enrol_totp
 from tests.ledger_checks import sql
 from tests.notify_receivers import Inbox, WebhookReceiver, verify_signature, wait_until
 from tests.servers import AuxenServer
@@ -315,3 +315,30 @@ def test_two_workers_never_deliver_one_notification_twice(
         assert titles == [f"drill {n}" for n in range(8)]  # each once, none twice
     finally:
         hooks.stop()
+
+
+def test_turning_two_factor_on_and_off_is_told(world: World) -> None:
+    email = "person@mfa-notify.example"
+    with _browser(world.server, "MfaBrowser/1.0") as b:
+        form = b.get("/signup")
+        made = b.post(
+            "/signup",
+            data={"csrf_token": csrf_of(form), "email": email, "password": PASSWORD,
+                  "workspace": "Mfa"},
+        )  # fmt: skip
+        assert made.status_code == 303
+        _, codes = enrol_totp(b)
+        world.inbox.wait_for(lambda: len(world.inbox.to(email)) == 1)
+        page = b.get("/account")
+        off = b.post(
+            "/account/mfa/disable",
+            data={"csrf_token": csrf_of(page), "password": PASSWORD, "code": codes[0]},
+        )
+        assert off.status_code == 303
+    world.inbox.wait_for(lambda: len(world.inbox.to(email)) == 2)
+    subjects = [m.subject for m in world.inbox.to(email)]
+    assert subjects == [
+        "[Auxen] Two-factor authentication turned on",
+        "[Auxen] Two-factor authentication turned off",
+    ]
+    assert all(code not in m.text for m in world.inbox.to(email) for code in codes)

@@ -100,6 +100,7 @@ async def confirm_enrolment(
             raise Conflict("two-factor authentication is already on")
         codes = await _replace_recovery_codes(conn, user.id)
     await guard.succeeded(subjects_account(user.id))
+    await notify_user(rt.db, user.id, Event(EventType.MFA_ENABLED, {"user_id": user.id}))
     return codes
 
 
@@ -150,9 +151,7 @@ async def replace_recovery_codes(rt: Runtime, user: User, *, code: str, address:
     """New recovery codes (the old ones stop working), after a current second factor."""
     await verify_second_factor(rt, user.id, code, address=address)
     async with rt.db.engine.begin() as conn:
-        codes = await _replace_recovery_codes(conn, user.id)
-    await notify_user(rt.db, user.id, Event(EventType.MFA_ENABLED, {"user_id": user.id}))
-    return codes
+        return await _replace_recovery_codes(conn, user.id)
 
 
 async def disable(rt: Runtime, user: User, *, password: str, code: str, address: str) -> None:
