@@ -20,11 +20,13 @@ from auxen.config import Settings
 from auxen.inference.proxy import InferenceProxy
 from auxen.mcp_server.http import McpEndpoint
 from auxen.rest.billing import BillingApi
+from auxen.rest.conversations import ConversationsApi
 from auxen.rest.credentials import CredentialsApi
 from auxen.rest.errors import auxen_error, http_error, unexpected_error
 from auxen.rest.handlers import RestApi
 from auxen.rest.knowledge import KnowledgeApi
 from auxen.rest.members import MembersApi
+from auxen.rest.notifications import NotificationsApi
 from auxen.runtime import Runtime
 from auxen.tools.errors import AuxenError
 from auxen.web.account import AccountPages
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     member_pages = MemberPages(pages)
     surface = SecuritySurface(pages)
     status = StatusPage(pages)
+    history = ConversationsApi(rt)
+    notices = NotificationsApi(rt)
 
     async def health(request: Request) -> Response:
         await rt.db.ping()
@@ -111,6 +115,18 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/v1/workspace/transfer", people.transfer, methods=["POST"]),
         Route("/v1/workspace", people.delete_workspace, methods=["DELETE"]),
         Route("/v1/audit", people.audit_log, methods=["GET"]),
+        # Conversation history (instances provisioned with history: true).
+        Route("/v1/instances/{id}/query", history.query, methods=["POST"]),
+        Route("/v1/instances/{id}/conversations", history.list_for_instance, methods=["GET"]),
+        Route("/v1/conversations/{id}", history.get, methods=["GET"]),
+        Route("/v1/conversations/{id}", history.delete, methods=["DELETE"]),
+        # Notifications: where events go, webhook endpoints, the delivery log.
+        Route("/v1/notifications/preferences", notices.preferences, methods=["GET"]),
+        Route("/v1/notifications/preferences", notices.set_preferences, methods=["PUT"]),
+        Route("/v1/notifications/webhooks", notices.webhooks, methods=["GET"]),
+        Route("/v1/notifications/webhooks", notices.create_webhook, methods=["POST"]),
+        Route("/v1/notifications/webhooks/{id}", notices.delete_webhook, methods=["DELETE"]),
+        Route("/v1/notifications/deliveries", notices.deliveries, methods=["GET"]),
         # MCP over Streamable HTTP (GET, POST, DELETE), for agents.
         Route("/mcp", mcp),
         # Pages for people.

@@ -145,6 +145,28 @@ class Settings(BaseSettings):
     kb_max_documents_per_request: int = Field(default=64, ge=1)
     kb_max_knowledge_bases: int = Field(default=100, ge=1)
 
+    # Conversation history (instances provisioned with history: true): the oldest turns
+    # are dropped past either bound; tokens are counted roughly (4 bytes of text each).
+    history_max_turns: int = Field(default=50, ge=1, le=10_000)
+    history_max_tokens: int = Field(default=4096, ge=16, le=1_000_000)
+
+    # Notifications. Email goes out over SMTP when a host is set (else the channel is off);
+    # STARTTLS upgrades a plain connection, TLS is implicit TLS (port 465).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    smtp_tls: bool = False
+    smtp_from: str = "Auxen <notifications@auxen.localhost>"
+    smtp_timeout_s: float = Field(default=30.0, gt=0)
+    # The delivery worker looks for due deliveries this often, holds a claim this long,
+    # and retries a failing one up to this many times, waiting base * 2^n between tries.
+    notify_poll_s: float = Field(default=1.0, gt=0)
+    notify_lease_s: float = Field(default=60.0, gt=0)
+    notify_max_attempts: int = Field(default=6, ge=1, le=20)
+    notify_backoff_s: float = Field(default=30.0, gt=0)
+
     @property
     def is_production(self) -> bool:
         return self.env == "production"

@@ -18,6 +18,7 @@ from auxen.inference.providers import build_provider
 from auxen.inference.providers.base import Provider
 from auxen.inference.usage import UsageRecorder
 from auxen.kb.service import KnowledgeEngine
+from auxen.notify.worker import NotificationWorker
 from auxen.store.db import Database
 from auxen.tools import audit
 
@@ -39,6 +40,7 @@ class Runtime:
     meter: GpuMeter
     payments: StripePayments
     alerts: Alerts
+    notifier: NotificationWorker
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -72,7 +74,7 @@ class Runtime:
         manager.housekeeping.append(sweep_audit)
         return cls(
             settings, db, provider, manager, auth, usage, gateway, kb, prices, ledger, meter,
-            payments, alerts,
+            payments, alerts, NotificationWorker(db, settings),
         )  # fmt: skip
 
     async def start(self, *, background: bool = True) -> None:
@@ -91,12 +93,13 @@ class Runtime:
             self.instances.start_reconciler()
             self.meter.start()
             self.usage.start()
+            self.notifier.start()
 
     async def close(self) -> None:
+        await self.notifier.close()
         await self.meter.close()
         await self.instances.close()
         await self.gateway.settled()
-        await self.alerts.delivered()
         await self.gateway.close()
         await self.usage.close()
         await self.auth.close()

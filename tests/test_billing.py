@@ -5,6 +5,7 @@ that charges at most what was reserved, credits applied once. And the price book
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -220,3 +221,45 @@ async def test_two_processes_metering_one_instance_reserve_each_window_once(db: 
         ).scalar_one()
     assert windows == 1  # one window of 60 s, reserved once, by whichever came first
     assert (await Ledger(db).balance(ws, True)).held_micros == 60_000
+
+
+async def test_a_balance_or_cap_nearly_used_is_told_once(db: Database) -> None:
+    """The meter warns (spend_limit_near) when the balance has under an hour of the
+    running instances left, or a cap is 80% used; once per cap and period."""
+    ws = await workspace(db, credits_micros=1_000_000)  # $1, less than an hour at $3.60/h
+    now = datetime.now(UTC)
+    instance = Instance(
+        workspace_id=ws, livemode=True, model="m", gpu_type="L4", tier="dedicated",
+        provider="local", state=InstanceState.READY, hourly_price_micros=3_600_000,
+        ttl_seconds=3600, expires_at=now + timedelta(hours=1), created_at=now,
+    )  # fmt: skip
+    async with db.system() as session:
+        session.add(instance)
+        await session.commit()
+    await cap(db, ws, CapScope.INSTANCE, 70_000, subject=instance.id)  # a window is 60_000
+
+    async def nothing(_id: str, _reason: str) -> None:
+        raise AssertionError("nothing should be destroyed")
+
+    meter = GpuMeter(
+        db, Ledger(db), 60.0, destroy=nothing, alerts=Alerts(db, bytes(32), production=False)
+    )
+    await meter.run_once()
+    await meter._warn_if_near(instance, datetime.now(UTC))  # a second look: told already
+    async with db.engine.connect() as conn:
+        told = (
+            await conn.execute(
+                sa.text("SELECT event, data_json FROM notification WHERE workspace_id = :w"),
+                {"w": ws},
+            )
+        ).all()
+    limits = sorted(json.loads(data)["limit"] for event, data in told)
+    assert {event for event, _ in told} == {"spend_limit_near"} and limits == [
+        "balance",
+        "instance",
+    ]
+    by_limit = {json.loads(d)["limit"]: json.loads(d) for _, d in told}
+    assert (
+        by_limit["instance"]["used_usd"] == "0.06" and by_limit["instance"]["limit_usd"] == "0.07"
+    )
+    assert by_limit["balance"]["burn_usd_per_hour"] == "3.6"

@@ -187,9 +187,9 @@ def test_rotating_the_master_key_reseals_everything(world: World) -> None:
             unseal(old, ws, bytes(sealed))
     (totp,) = world.rows('SELECT totp_secret_sealed FROM "user" WHERE id = :u', u=user_id)[0]
     assert unseal(new, user_id, bytes(totp)) == TOTP
-    (hook,) = world.rows("SELECT alert_webhook_sealed FROM workspace WHERE id = :w", w=world.ws_a)[
-        0
-    ]
+    (hook,) = world.rows(
+        "SELECT secret_sealed FROM webhook_endpoint WHERE workspace_id = :w", w=world.ws_a
+    )[0]
     assert unseal(new, world.ws_a, bytes(hook)).startswith("whsec_")
 
     world.server.extra_env["AUXEN_MASTER_KEY"] = NEW_KEY

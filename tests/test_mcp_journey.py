@@ -133,6 +133,9 @@ async def test_agent_over_streamable_http(world: World) -> None:
             "set_spending_cap",
             "buy_credits",
             "list_members",
+            "get_conversation",
+            "list_conversations",
+            "delete_conversation",
         }
         for tool in listed.tools:
             assert tool.description and tool.output_schema and tool.annotations

@@ -35,6 +35,7 @@ from pydantic import AnyUrl
 from auxen.store.db import Database
 from auxen.store.models import OAuthClient
 from tests.browsers import csrf_of, enrol_totp
+from tests.ledger_checks import sql
 from tests.mcp_clients import error_text, structured
 from tests.servers import AuxenServer, free_port
 
@@ -433,6 +434,14 @@ def test_consent_is_remembered_until_revoked_from_the_account_page(
     answer = parse_qs(urlsplit(again.headers["location"]).query)
     assert answer["state"] == ["st-123"] and answer["iss"] == [server.url]
     second = flow.exchange(answer["code"][0]).json()
+    # The approval was told to the workspace, once: a remembered consent is nothing new.
+    told = sql(
+        server.database_url,
+        "SELECT data_json FROM notification WHERE event = 'oauth_client_authorized'",
+    )
+    mine = [json.loads(d) for (d,) in told if json.loads(d)["client_id"] == flow.client_id]
+    assert len(mine) == 1 and mine[0]["client_name"] == "Hand Client"
+    assert mine[0]["scopes"] == "instances:read"
     # Re-authorizing replaced the earlier grant: its tokens no longer work.
     assert (
         httpx2.post(

@@ -85,6 +85,19 @@ REST: dict[tuple[str, str], Call] = {
     ("DELETE", "/v1/invites/{id}"): Call(ADMIN),
     ("GET", "/v1/audit"): Call(ADMIN),
     ("GET", "/v1/credentials"): Call(ADMIN),
+    ("POST", "/v1/instances/{id}/query"): Call(MEMBER, {"prompt": "hi"}),
+    ("GET", "/v1/instances/{id}/conversations"): Call(MEMBER),
+    ("GET", "/v1/conversations/{id}"): Call(MEMBER),
+    ("DELETE", "/v1/conversations/{id}"): Call(MEMBER),
+    ("GET", "/v1/notifications/preferences"): Call(MEMBER),
+    # The default for instance_failed (owners by email, and webhooks): nothing changes.
+    ("PUT", "/v1/notifications/preferences"): Call(
+        ADMIN, {"events": {"instance_failed": {"email": ["owner"], "webhook": True}}}
+    ),
+    ("GET", "/v1/notifications/webhooks"): Call(MEMBER),
+    ("POST", "/v1/notifications/webhooks"): Call(ADMIN, {"url": "http://not-https.example"}),
+    ("DELETE", "/v1/notifications/webhooks/{id}"): Call(ADMIN),
+    ("GET", "/v1/notifications/deliveries"): Call(MEMBER),
     # A provider no one stores credentials for: the admin's call is a 400, and nothing.
     ("PUT", "/v1/credentials/{provider}"): Call(ADMIN, {"secret": "not-a-provider-secret"}),
     ("DELETE", "/v1/credentials/{provider}"): Call(ADMIN),
@@ -143,6 +156,9 @@ MCP_TOOLS: dict[str, Call] = {
     "list_attachments": Call(MEMBER, {"instance_id": f"inst_{NOBODY}"}),
     "search_knowledge_base": Call(MEMBER, {"knowledge_base_id": f"kb_{NOBODY}", "query": "q"}),
     "get_balance": Call(MEMBER, {}),
+    "get_conversation": Call(MEMBER, {"conversation_id": f"conv_{NOBODY}"}),
+    "list_conversations": Call(MEMBER, {"instance_id": f"inst_{NOBODY}"}),
+    "delete_conversation": Call(MEMBER, {"conversation_id": f"conv_{NOBODY}"}),
     "list_members": Call(MEMBER, {}),
     "set_spending_cap": Call(ADMIN, {"scope": "monthly", "amount_usd": None}),
     "buy_credits": Call(ADMIN, {"amount_usd": 10}),

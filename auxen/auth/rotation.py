@@ -19,7 +19,14 @@ from sqlmodel import SQLModel, col, select
 from auxen.auth.byok import fingerprint
 from auxen.auth.sealing import UnsealError, seal, unseal
 from auxen.store.db import Database
-from auxen.store.models import Instance, ProviderCredential, User, Workspace
+from auxen.store.models import (
+    ConversationTurn,
+    Instance,
+    ProviderCredential,
+    User,
+    WebhookEndpoint,
+    Workspace,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ SEALED: list[SealedColumn] = [
     SealedColumn(Workspace, "alert_webhook_sealed", "id"),
     SealedColumn(User, "totp_secret_sealed", "id"),
     SealedColumn(ProviderCredential, "sealed", "workspace_id"),
+    SealedColumn(ConversationTurn, "sealed", "workspace_id"),
+    SealedColumn(WebhookEndpoint, "secret_sealed", "workspace_id"),
 ]
 
 

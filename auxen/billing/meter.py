@@ -24,10 +24,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from auxen.billing.alerts import Alerts
-from auxen.billing.ledger import BURNING_STATES, Ledger, Spend
+from auxen.billing.ledger import BURNING_STATES, Ledger, Spend, month_start
+from auxen.notify import Event, EventType, notify
 from auxen.store.db import Database
-from auxen.store.models import Instance, Reservation, as_utc
+from auxen.store.models import CapScope, Instance, Reservation, SpendingCap, as_utc
 from auxen.tools.errors import OverBudget
+from auxen.tools.views import micros_to_usd
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ METERED_STATES = BURNING_STATES
 # A reservation whose instance row never appeared (a crash between the two) is released
 # after this long.
 ORPHAN_GRACE = timedelta(seconds=120)
+# A cap this much used is "nearly reached" (one warning per cap and period).
+NEAR_FRACTION = 0.8
 
 Destroy = Callable[[str, str], Awaitable[Any]]
 
@@ -167,16 +171,64 @@ class GpuMeter:
         except IntegrityError:
             return  # another server process reserved this window a moment ago
         except OverBudget as exc:
-            log.warning("stopping %s: %s", instance.id, exc.limit)
-            await self.alerts.raise_alert(
-                instance.workspace_id,
-                instance.livemode,
-                kind="instance_stopped_budget",
-                instance_id=instance.id,
-                message=f"Instance {instance.id} ({instance.model}) was destroyed before "
-                f"its paid time ran out: {exc.message}",
-            )
-            await self.destroy(instance.id, f"budget_exceeded:{exc.limit}")
+            await self._stop(instance, exc)
+            return
+        await self._warn_if_near(instance, now)
+
+    async def _warn_if_near(self, instance: Instance, now: datetime) -> None:
+        """Tell the owners once when the balance has under an hour of the running
+        instances left, or a cap on this instance or the month is 80% used."""
+        ws, live = instance.workspace_id, instance.livemode
+        warnings: list[tuple[str, dict[str, str], str]] = []  # limit, amounts, dedupe key
+        balance = await self.ledger.balance(ws, live)
+        burn = await self.ledger.burn_rate(ws, live)
+        if burn and balance.available_micros < burn:
+            amounts = {
+                "available_usd": micros_to_usd(balance.available_micros),
+                "burn_usd_per_hour": micros_to_usd(burn),
+            }
+            warnings.append(("balance", amounts, f"balance:{live}:{now:%Y-%m-%d}"))
+        async with self.db.scoped(ws) as session:
+            caps = (
+                await session.exec(
+                    select(SpendingCap).where(
+                        col(SpendingCap.livemode) == live,
+                        col(SpendingCap.scope).in_([CapScope.INSTANCE, CapScope.MONTHLY]),
+                    )
+                )
+            ).all()
+        for cap in caps:
+            if cap.scope == CapScope.INSTANCE and cap.subject == instance.id:
+                used = await self.ledger.committed(ws, live, instance_id=instance.id)
+                key = f"instance:{instance.id}:{cap.amount_micros}"
+            elif cap.scope == CapScope.MONTHLY:
+                used = await self.ledger.committed(ws, live, since=month_start(now))
+                key = f"monthly:{live}:{now:%Y-%m}:{cap.amount_micros}"
+            else:
+                continue
+            if cap.amount_micros and used >= cap.amount_micros * NEAR_FRACTION:
+                amounts = {
+                    "used_usd": micros_to_usd(used),
+                    "limit_usd": micros_to_usd(cap.amount_micros),
+                }
+                warnings.append((cap.scope.value, amounts, key))
+        for limit, amounts, key in warnings:
+            data = {"limit": limit, "instance_id": instance.id, **amounts}
+            event = Event(EventType.SPEND_LIMIT_NEAR, data, livemode=live, dedupe_key=f"near:{key}")
+            await notify(self.db, ws, event)
+
+    async def _stop(self, instance: Instance, exc: OverBudget) -> None:
+        log.warning("stopping %s: %s", instance.id, exc.limit)
+        await self.alerts.raise_alert(
+            instance.workspace_id,
+            instance.livemode,
+            kind="instance_stopped_budget",
+            instance_id=instance.id,
+            message=f"Instance {instance.id} ({instance.model}) was destroyed before "
+            f"its paid time ran out: {exc.message}",
+            limit=exc.limit,
+        )
+        await self.destroy(instance.id, f"budget_exceeded:{exc.limit}")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run_forever(), name="gpu meter")

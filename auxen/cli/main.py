@@ -307,15 +307,22 @@ def incident_post(
     status: Annotated[
         str, typer.Option(help="investigating, identified, monitoring or resolved")
     ] = "investigating",
+    security: Annotated[
+        bool,
+        typer.Option(
+            "--security", help="A security incident: every workspace's owners are told too"
+        ),
+    ] = False,
 ) -> None:
     """Open an incident on the status page."""
     from auxen.tools.incidents import post_incident
 
     made = _incident_op(
         lambda db: post_incident(db, title=title, severity=severity, message=message,
-                                 status=status)
+                                 status=status, security=security)
     )  # fmt: skip
-    out.print(f"incident [bold]{made.id}[/] {made.status}")
+    told = " (every workspace is being told)" if security else ""
+    out.print(f"incident [bold]{made.id}[/] {made.status}{told}")
 
 
 @incident_app.command("update")

@@ -48,6 +48,7 @@ class Target:
     api_key: str | None
     tier: str = "dedicated"
     client_id: str | None = None
+    history: bool = False  # provisioned with conversation history
 
     @property
     def per_token(self) -> bool:
@@ -110,6 +111,7 @@ class InferenceGateway:
             model=instance.model,
             state=instance.state,
             tier=instance.tier,
+            history=instance.history,
             base_url=instance.upstream_url,
             api_key=unseal(
                 self.settings.master_key_bytes,

@@ -46,9 +46,12 @@ from auxen.inference.providers.base import (
     ResourceStatus,
 )
 from auxen.inference.shared import SHARED_TIER, SharedTier
+from auxen.notify import Event, EventType, notify
 from auxen.store.db import Database
 from auxen.store.models import (
     ApiKey,
+    Conversation,
+    ConversationTurn,
     Instance,
     InstanceState,
     KbAttachment,
@@ -62,6 +65,8 @@ log = logging.getLogger(__name__)
 S = InstanceState
 LIVE_STATES = (S.PENDING, S.PROVISIONING, S.STARTING, S.READY, S.STOPPING)
 READINESS_POLL_S = 1.0
+# Destroys the workspace did not ask for and hears about (budget stops raise an alert).
+TOLD_DESTROY_REASONS = ("ttl_expired", "idle_timeout")
 # Any key fits in a bigint; one lock id for "the reconciler" across the deployment.
 RECONCILE_LOCK_ID = 0x4155_5845_4E52_4543  # "AUXENREC"
 
@@ -353,6 +358,15 @@ class InstanceManager:
         if moved:
             log.warning("instance %s failed: %s", instance_id, reason)
             await self._delete_keys(instance_id)
+            await notify(
+                self.db,
+                instance.workspace_id,
+                Event(
+                    EventType.INSTANCE_FAILED,
+                    {"instance_id": instance_id, "model": instance.model, "reason": reason[:300]},
+                    livemode=instance.livemode,
+                ),
+            )
             if instance.tier == SHARED_TIER:
                 return  # its host serves others
             try:
@@ -411,7 +425,7 @@ class InstanceManager:
             assert stuck is not None
             return stuck
         now = datetime.now(UTC)
-        await self._transition(
+        finished = await self._transition(
             instance_id,
             [S.STOPPING],
             S.DESTROYED,
@@ -425,17 +439,43 @@ class InstanceManager:
         )
         destroyed = await self._load(instance_id)
         assert destroyed is not None
+        if finished and destroyed.destroy_reason in TOLD_DESTROY_REASONS:
+            await notify(
+                self.db,
+                destroyed.workspace_id,
+                Event(
+                    EventType.INSTANCE_DESTROYED,
+                    {
+                        "instance_id": instance_id,
+                        "model": destroyed.model,
+                        "reason": destroyed.destroy_reason,
+                    },
+                    livemode=destroyed.livemode,
+                ),
+            )
         return destroyed
 
     async def _delete_keys(self, instance_id: str) -> None:
-        """Delete what lets anyone reach the instance: its keys, and the knowledge-base
-        attachments it retrieved through (the knowledge bases themselves stay)."""
+        """Delete what lets anyone reach the instance: its keys, the knowledge-base
+        attachments it retrieved through (the knowledge bases themselves stay), and every
+        conversation it kept (history)."""
+        conversations = select(Conversation.id).where(col(Conversation.instance_id) == instance_id)
         async with self.db.system() as session:
             await session.exec(sa.delete(ApiKey).where(col(ApiKey.instance_id) == instance_id))
             await session.exec(
                 sa.delete(KbAttachment).where(col(KbAttachment.instance_id) == instance_id)
             )
+            turns = await session.exec(
+                sa.delete(ConversationTurn).where(
+                    col(ConversationTurn.conversation_id).in_(conversations)
+                )
+            )
+            await session.exec(
+                sa.delete(Conversation).where(col(Conversation.instance_id) == instance_id)
+            )
             await session.commit()
+        if turns.rowcount:
+            await self.db.scrub()
         self.on_change(instance_id)
 
     # -- reconciler ----------------------------------------------------------------

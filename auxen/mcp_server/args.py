@@ -77,6 +77,7 @@ def provision_request(
     idle_timeout_minutes: float | None = None,
     spend_cap_usd: float | None = None,
     gpu_fallbacks: list[str] | None = None,
+    history: bool = False,
 ) -> dict[str, Any]:
     """Tool arguments in the shape of `ProvisionRequest` (ttl and idle timeout in
     seconds, the cap as an exact decimal)."""
@@ -89,6 +90,7 @@ def provision_request(
         "idle_timeout": None if idle_timeout_minutes is None else round(idle_timeout_minutes * 60),
         "spend_cap_usd": None if spend_cap_usd is None else Decimal(str(spend_cap_usd)),
         "gpu_fallbacks": gpu_fallbacks,
+        "history": history,
     }
     assert set(fields) <= set(ProvisionRequest.model_fields)
     return fields
@@ -116,4 +118,14 @@ DocumentId = Annotated[
 TopK = Annotated[
     int,
     Field(description="How many passages to retrieve (1-20)", ge=1, le=20, strict=True),
+]
+
+ConversationId = Annotated[
+    str,
+    Field(
+        description="Conversation id (conv_...), as returned by query_instance on an "
+        "instance provisioned with history=true",
+        pattern=r"^conv_[A-Za-z0-9]{1,40}$",
+        strict=True,
+    ),
 ]

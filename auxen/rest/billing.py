@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from auxen.billing.stripe_payments import WebhookRejected
 from auxen.httputil import openai_error, read_json_body
 from auxen.runtime import Runtime
-from auxen.tools import billing, payments
+from auxen.tools import billing, notifications, payments
 from auxen.tools.errors import InvalidArgument, parse_model
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,11 @@ class BillingApi:
             raise InvalidArgument(f"unknown field {bad!r}", param=bad)
         if url is not None and not isinstance(url, str):
             raise InvalidArgument("url must be a string or null", param="url")
-        view = await billing.set_alert_webhook(self.rt, caller, url)
-        return JSONResponse(view.model_dump(mode="json"))
+        view = await notifications.set_alert_webhook(self.rt, caller, url)
+        # The shape this endpoint always had, plus the endpoint it manages.
+        return JSONResponse(
+            {"url": url, "secret": view.secret, "webhook_endpoint_id": view.id or None}
+        )
 
     async def stripe_webhook(self, request: Request) -> Response:
         """Stripe's calls: verified by signature (no key), applied once per event."""

@@ -176,6 +176,15 @@ class Database:
             ).one()
         return bool(row[0])
 
+    async def scrub(self) -> None:
+        """After deleting what must not linger (conversation turns): on SQLite, whose
+        deletes overwrite the freed content (`secure_delete`), fold the write-ahead log
+        into the database file and truncate it, so no old page copy stays on disk.
+        PostgreSQL reclaims dead rows with (auto)vacuum."""
+        if self.is_sqlite:
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
@@ -197,6 +206,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # Deleted rows are overwritten with zeros, not left in free pages (conversation
+    # history must be gone from disk when its instance is destroyed).
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 

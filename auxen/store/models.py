@@ -212,6 +212,10 @@ class Instance(TenantScoped, SQLModel, table=True):
     last_query_at: datetime | None = Field(default=None, sa_column=_ts())
     # The OAuth client that provisioned it, so an agent's budget covers its GPU time.
     client_id: str | None = Field(default=None, max_length=2000)
+    # Opt-in conversation history (sealed turns, deleted with the instance); off: nothing kept.
+    history: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     ready_at: datetime | None = Field(default=None, sa_column=_ts())
     stopped_at: datetime | None = Field(default=None, sa_column=_ts())
@@ -564,3 +568,125 @@ class IncidentUpdate(SQLModel, table=True):
     status: str = Field(max_length=16)
     message: str = Field(max_length=2000)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class Conversation(TenantScoped, SQLModel, table=True):
+    """A conversation kept for an instance provisioned with `history: true`. Its turns are
+    sealed (`ConversationTurn`); this row holds only ids, counts and times."""
+
+    id: str = Field(default_factory=lambda: new_id("conv"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    instance_id: str = Field(foreign_key="instance.id", index=True, max_length=32)
+    livemode: bool
+    turns: int = 0
+    tokens: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class ConversationTurn(TenantScoped, SQLModel, table=True):
+    """One exchange (the new messages of a query and the answer), sealed under the
+    workspace's key: never plaintext. Deleted with its conversation and instance."""
+
+    __tablename__ = "conversation_turn"
+    __table_args__ = (sa.UniqueConstraint("conversation_id", "seq"),)
+
+    id: str = Field(default_factory=lambda: new_id("turn"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=32)
+    seq: int
+    tokens: int
+    sealed: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class Notification(TenantScoped, SQLModel, table=True):
+    """An event worth telling a person (see auxen.notify.events), queued for delivery.
+    Ids, kinds and amounts only: never prompt or completion text."""
+
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "dedupe_key"),)
+
+    id: str = Field(default_factory=lambda: new_id("evt"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    livemode: bool = True
+    event: str = Field(max_length=64)
+    data_json: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    # The person a personal security event is about (they are told too).
+    user_id: str | None = Field(default=None, max_length=32)
+    # At most one notification per key (a "nearly reached" warning once per period).
+    dedupe_key: str | None = Field(default=None, max_length=200)
+    # Set once its deliveries are made (one row per address and webhook endpoint).
+    fanned_out_at: datetime | None = Field(default=None, sa_column=_ts(index=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
+
+
+class NotificationDelivery(TenantScoped, SQLModel, table=True):
+    """One notification to one address or webhook endpoint: pending until delivered (or
+    failed after the last retry). A worker claims it with a lease before sending, and
+    marks it delivered only while it still holds that lease."""
+
+    __tablename__ = "notification_delivery"
+    __table_args__ = (sa.UniqueConstraint("notification_id", "channel", "target"),)
+
+    id: str = Field(default_factory=lambda: new_id("dlv"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    notification_id: str = Field(foreign_key="notification.id", index=True, max_length=32)
+    event: str = Field(max_length=64)
+    channel: str = Field(max_length=16)  # email | webhook
+    target: str = Field(max_length=400)  # an email address, or a webhook endpoint id
+    state: str = Field(max_length=16, index=True)  # pending | delivered | failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(sa_column=_ts(nullable=False, index=True))
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_expires_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
+    delivered_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class NotificationAttempt(TenantScoped, SQLModel, table=True):
+    """The delivery log: one row per try, with what the receiver answered."""
+
+    __tablename__ = "notification_attempt"
+
+    id: str = Field(default_factory=lambda: new_id("nta"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    delivery_id: str = Field(foreign_key="notification_delivery.id", index=True, max_length=32)
+    attempt: int
+    ok: bool
+    status_code: int | None = None
+    error: str | None = Field(default=None, max_length=500)
+    duration_ms: float
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class WebhookEndpoint(TenantScoped, SQLModel, table=True):
+    """Where a workspace's notifications are POSTed, signed with a secret shown once and
+    stored sealed. `events` is a comma-separated list, or "*" for every event."""
+
+    __tablename__ = "webhook_endpoint"
+
+    id: str = Field(default_factory=lambda: new_id("whe"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    url: str = Field(max_length=2000)
+    secret_sealed: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    events: str = Field(default="*", max_length=1000)
+    # The endpoint `PUT /v1/alerts/webhook` manages (the workspace's alert webhook).
+    alerts: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class NotificationPreference(TenantScoped, SQLModel, table=True):
+    """Where one event goes for one workspace: email to which roles, and webhooks or not.
+    Without a row the defaults apply (see auxen.notify.events); owners always get security
+    events by email whatever this says."""
+
+    __tablename__ = "notification_preference"
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "event"),)
+
+    id: str = Field(default_factory=lambda: new_id("npf"), primary_key=True, max_length=32)
+    workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    event: str = Field(max_length=64)
+    email_roles: str = Field(default="owner", max_length=64)  # comma-separated roles
+    webhook: bool = True
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

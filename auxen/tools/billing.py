@@ -7,7 +7,6 @@ what it may spend.
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
@@ -16,8 +15,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
-from auxen.auth.sealing import seal
-from auxen.billing.alerts import check_webhook_url, recent_alerts
+from auxen.billing.alerts import recent_alerts
 from auxen.billing.ledger import month_start
 from auxen.runtime import Runtime
 from auxen.store.models import (
@@ -26,7 +24,6 @@ from auxen.store.models import (
     LedgerEntry,
     LedgerKind,
     SpendingCap,
-    Workspace,
 )
 from auxen.tools import audit
 from auxen.tools.context import Caller
@@ -211,38 +208,6 @@ async def remove_cap(rt: Runtime, caller: Caller, scope: CapScope, *, subject: s
             )
         )
         await session.commit()
-
-
-class WebhookView(BaseModel):
-    url: str | None
-    secret: str | None = Field(
-        description="Signs every delivery (Auxen-Signature: t=..,v1=HMAC-SHA256 of "
-        '"t.body"); shown once, when the URL is set'
-    )
-
-
-async def set_alert_webhook(rt: Runtime, caller: Caller, url: str | None) -> WebhookView:
-    """Where the workspace's alerts are POSTed (None stops it); owner only. A new secret
-    is made each time and shown once."""
-    caller.require(Permission.ALERT_WEBHOOK)
-    secret = None
-    if url is not None:
-        url = check_webhook_url(url, production=rt.settings.is_production)
-        secret = "whsec_" + secrets.token_urlsafe(32)
-    async with rt.db.system() as session:
-        workspace = await session.get(Workspace, caller.workspace_id)
-        assert workspace is not None
-        workspace.alert_webhook_url = url
-        workspace.alert_webhook_sealed = (
-            seal(rt.settings.master_key_bytes, caller.workspace_id, secret) if secret else None
-        )
-        session.add(workspace)
-        await session.commit()
-    await audit.record_for(
-        rt, caller, "alert_webhook.change", target_type="workspace",
-        target_id=caller.workspace_id, detail={"set": url is not None},
-    )  # fmt: skip
-    return WebhookView(url=url, secret=secret)
 
 
 # What the ledger listing shows: money in and out, not the reservations and releases

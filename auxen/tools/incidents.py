@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 
 from sqlmodel import col, select
 
+from auxen.notify import Event, EventType, notify
 from auxen.store.db import Database
-from auxen.store.models import Incident, IncidentUpdate
+from auxen.store.models import Incident, IncidentUpdate, Workspace
 from auxen.tools.errors import Conflict, InvalidArgument, NotFound
 
 SEVERITIES = ("minor", "major", "critical")
@@ -31,8 +32,17 @@ def _check(title: str | None, message: str) -> None:
 
 
 async def post_incident(
-    db: Database, *, title: str, severity: str, message: str, status: str = "investigating"
+    db: Database,
+    *,
+    title: str,
+    severity: str,
+    message: str,
+    status: str = "investigating",
+    security: bool = False,
 ) -> Incident:
+    """Open an incident on /status. A security incident (`security`) is also told to
+    every workspace: its owners by email (security events always reach them) and its
+    webhook endpoints, through the notification queue."""
     _check(title, message)
     if severity not in SEVERITIES:
         raise InvalidArgument(f"severity must be one of: {', '.join(SEVERITIES)}", param="severity")
@@ -51,6 +61,15 @@ async def post_incident(
                 incident_id=incident.id, status=status, message=message.strip(), created_at=now
             )
         )
+        if security:
+            workspaces = (await session.exec(select(Workspace.id))).all()
+            for workspace_id in workspaces:
+                event = Event(
+                    EventType.SECURITY_INCIDENT,
+                    {"incident_id": incident.id, "title": incident.title, "severity": severity},
+                    dedupe_key=f"incident:{incident.id}",
+                )
+                await notify(session, workspace_id, event)
         await session.commit()
     return incident
 

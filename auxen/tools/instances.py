@@ -74,6 +74,12 @@ class ProvisionRequest(BaseModel):
         description="Most this instance may ever cost, in dollars; it is destroyed before "
         "spending more",
     )
+    history: bool = Field(
+        default=False,
+        description="Keep conversations (sealed, bounded, deleted with the instance) so "
+        "query_instance can continue one by conversation_id; off by default: nothing of a "
+        "conversation is stored",
+    )
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,7 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
         idempotency_key=req.idempotency_key,
         idle_timeout_s=req.idle_timeout or rt.settings.default_idle_timeout_s,
         client_id=caller.client_id,
+        history=req.history,
         created_at=now,
     )
     # The upstream key is sealed and stored before any process exists, so a crash
@@ -232,9 +239,10 @@ async def _replay(
         if existing is None:
             return None
         candidates = {gpu_type, *(req.gpu_fallbacks or [])}
-        same = (existing.model, existing.tier, existing.ttl_seconds, existing.livemode) == (
-            req.model, req.tier, ttl, caller.livemode,
-        )  # fmt: skip
+        same = (
+            existing.model, existing.tier, existing.ttl_seconds, existing.livemode,
+            existing.history,
+        ) == (req.model, req.tier, ttl, caller.livemode, req.history)  # fmt: skip
         if not same or existing.gpu_type not in candidates:
             raise Conflict(
                 f"idempotency_key {req.idempotency_key!r} was already used for instance "

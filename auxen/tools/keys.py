@@ -9,6 +9,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auxen.auth.keys import mint_key
+from auxen.notify import Event, EventType, notify
 from auxen.runtime import Runtime
 from auxen.store.models import ApiKey, Instance, KeyKind, Role
 from auxen.tools import audit
@@ -103,6 +104,25 @@ async def create_key(rt: Runtime, caller: Caller, req: CreateKeyRequest) -> tupl
                 session, caller.workspace_id, KeyKind.ACCOUNT, livemode=livemode, name=req.name,
                 role=role,
             )  # fmt: skip
+        # Told in the same transaction: the notification exists exactly when the key does.
+        await notify(
+            session,
+            caller.workspace_id,
+            Event(
+                EventType.API_KEY_CREATED,
+                {
+                    "key_id": row.id,
+                    "kind": row.kind.value,
+                    "name": row.name,
+                    "prefix": row.display_prefix,
+                    "instance_id": row.instance_id,
+                    "created_by_user": caller.user_id,
+                    "created_by_client": (caller.client_id or "")[:300] or None,
+                    "created_by_key": caller.key_id,
+                },
+                livemode=row.livemode,
+            ),
+        )
         await session.commit()
     await audit.record_for(
         rt, caller, "key.create", target_type="api_key", target_id=row.id,

@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from auxen.auth import throttle, totp
 from auxen.auth.passwords import verify_password
 from auxen.auth.sealing import SealedTokens, seal, unseal
+from auxen.notify import Event, EventType, notify_user
 from auxen.runtime import Runtime
 from auxen.store.models import RecoveryCode, User
 from auxen.tools.errors import Conflict, InvalidArgument, Unauthenticated
@@ -99,6 +100,7 @@ async def confirm_enrolment(
             raise Conflict("two-factor authentication is already on")
         codes = await _replace_recovery_codes(conn, user.id)
     await guard.succeeded(subjects_account(user.id))
+    await notify_user(rt.db, user.id, Event(EventType.MFA_ENABLED, {"user_id": user.id}))
     return codes
 
 
@@ -167,6 +169,7 @@ async def disable(rt: Runtime, user: User, *, password: str, code: str, address:
             .where(col(User.id) == user.id)
             .values(totp_secret_sealed=None, totp_enabled_at=None, totp_last_step=None)
         )
+    await notify_user(rt.db, user.id, Event(EventType.MFA_DISABLED, {"user_id": user.id}))
 
 
 async def unused_recovery_codes(rt: Runtime, user: User) -> int:

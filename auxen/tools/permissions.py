@@ -43,6 +43,9 @@ class Permission(enum.StrEnum):
     BUY_CREDITS = "buy_credits"  # buy_credits (Stripe Checkout)
     AUDIT_READ = "audit:read"  # list_audit_events
     LEDGER_READ = "ledger:read"  # list_ledger (the statement on the billing page)
+    NOTIFICATIONS_READ = "notifications:read"  # preferences, webhook endpoints, deliveries
+    CONVERSATIONS = "conversations"  # get/list/delete kept conversations (history: true)
+    NOTIFICATIONS_MANAGE = "notifications:manage"  # change them
     PROVIDER_CREDENTIALS = "provider_credentials"  # BYOK: list/set/delete (never read back)
     ADMINS_MANAGE = "admins:manage"  # change an admin's role, remove an admin
     OWNERSHIP_TRANSFER = "ownership:transfer"  # transfer_ownership
@@ -66,6 +69,9 @@ LEAST_ROLE: dict[Permission, Role] = {
     Permission.BUY_CREDITS: Role.ADMIN,
     Permission.AUDIT_READ: Role.ADMIN,
     Permission.LEDGER_READ: Role.ADMIN,
+    Permission.NOTIFICATIONS_READ: Role.MEMBER,
+    Permission.CONVERSATIONS: Role.MEMBER,
+    Permission.NOTIFICATIONS_MANAGE: Role.ADMIN,
     Permission.PROVIDER_CREDENTIALS: Role.ADMIN,
     Permission.ADMINS_MANAGE: Role.OWNER,
     Permission.OWNERSHIP_TRANSFER: Role.OWNER,

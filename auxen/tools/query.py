@@ -17,6 +17,7 @@ from auxen.inference.upstream import UpstreamError
 from auxen.kb.retrieval import sources_block
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
+from auxen.tools.conversations import CONVERSATION_ID_PATTERN, history_for, record_turn
 from auxen.tools.errors import InvalidArgument, TooLarge, Unavailable
 from auxen.tools.kb import MAX_TOP_K, retrieve_for_instance
 from auxen.tools.views import Citation, Passage
@@ -47,6 +48,7 @@ class QueryRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     retrieval: bool = True
     top_k: int = Field(default=5, ge=1, le=MAX_TOP_K)
+    conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID_PATTERN)
 
     @model_validator(mode="after")
     def _one_input(self) -> QueryRequest:
@@ -76,6 +78,11 @@ class QueryResult(BaseModel):
     citations: list[Citation] = Field(
         description="The numbered sources the model was given from attached knowledge "
         "bases ([n] in the answer refers to source n); empty without retrieval"
+    )
+    conversation_id: str | None = Field(
+        default=None,
+        description="For instances provisioned with history: the conversation this "
+        "exchange was kept in; pass it with the next query to continue. null otherwise",
     )
 
 
@@ -124,6 +131,20 @@ async def query_instance(rt: Runtime, caller: Caller, req: QueryRequest) -> Quer
     target = await rt.gateway.authorize(caller, req.instance_id)
     body: dict[str, Any] = {"model": target.model, "max_tokens": req.max_tokens}
     messages = [m.model_dump() for m in req.messages] if req.messages is not None else None
+    keep = _keeps_history(target.history, req)
+    new_turns: list[dict[str, str]] = []
+    if keep and messages is not None:
+        # System messages steer this query only; the conversation keeps the others.
+        system = [m for m in messages if m["role"] == "system"]
+        new_turns = [m for m in messages if m["role"] != "system"]
+        earlier = (
+            await history_for(
+                rt, target.workspace_id, target.livemode, target.instance_id, req.conversation_id
+            )
+            if req.conversation_id is not None
+            else []
+        )
+        messages = [*system, *earlier, *new_turns]
     passages: list[Passage] = []
     if req.retrieval:
         turn = latest_user_turn(messages) if messages is not None else req.prompt or ""
@@ -149,7 +170,6 @@ async def query_instance(rt: Runtime, caller: Caller, req: QueryRequest) -> Quer
             f"instance {req.instance_id} is not answering; check its state with get_instance",
             param="instance_id",
         ) from None
-    latency_ms = round((time.perf_counter() - started) * 1000, 1)
     if done.status >= 400:
         _raise_for_upstream(req.instance_id, done.status, done.content)
     try:
@@ -166,6 +186,13 @@ async def query_instance(rt: Runtime, caller: Caller, req: QueryRequest) -> Quer
         raise Unavailable(
             f"instance {req.instance_id} gave an answer that is not an OpenAI completion"
         ) from None
+    conversation_id = None
+    if keep:
+        conversation_id = await record_turn(
+            rt, target.workspace_id, target.livemode, target.instance_id, req.conversation_id,
+            [*new_turns, {"role": "assistant", "content": text or ""}],
+        )  # fmt: skip
+    latency_ms = round((time.perf_counter() - started) * 1000, 1)
     return QueryResult(
         instance_id=target.instance_id,
         model=target.model,
@@ -178,7 +205,25 @@ async def query_instance(rt: Runtime, caller: Caller, req: QueryRequest) -> Quer
         ),
         latency_ms=latency_ms,
         citations=citations_of(passages),
+        conversation_id=conversation_id,
     )
+
+
+def _keeps_history(history: bool, req: QueryRequest) -> bool:
+    """Whether this query is part of a kept conversation (a typed error when it cannot be)."""
+    if req.conversation_id is not None and not history:
+        raise InvalidArgument(
+            f"instance {req.instance_id} was provisioned without history, so it keeps no "
+            "conversations; omit conversation_id (send the whole conversation in messages), "
+            "or provision an instance with history=true",
+            param="conversation_id",
+        )
+    if req.conversation_id is not None and req.messages is None:
+        raise InvalidArgument(
+            "conversations continue with chat messages; send messages instead of prompt",
+            param="conversation_id",
+        )
+    return history and req.messages is not None
 
 
 def _raise_for_upstream(instance_id: str, status: int, content: bytes) -> None:

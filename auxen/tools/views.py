@@ -52,6 +52,9 @@ class InstanceView(BaseModel):
     status_detail: str | None = Field(
         default=None, description="Where a bring-up stands (image pull, model load, ...)"
     )
+    history: bool = Field(
+        default=False, description="Keeps conversations (query_instance conversation_id)"
+    )
 
 
 def instance_view(instance: Instance, base_url: str) -> InstanceView:
@@ -77,6 +80,7 @@ def instance_view(instance: Instance, base_url: str) -> InstanceView:
         last_query_at=_iso(instance.last_query_at),
         last_error=instance.last_error,
         status_detail=instance.status_detail,
+        history=instance.history,
     )
 
 

@@ -15,6 +15,7 @@ from auxen.auth.oauth import SCOPE_DESCRIPTIONS
 from auxen.auth.oauth.consents import Consents
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.auth.oauth.routes import with_iss
+from auxen.notify import Event, EventType, notify
 from auxen.tools import accounts, audit
 from auxen.web.pages import (
     SECURITY_HEADERS,
@@ -107,6 +108,20 @@ class Consent:
                 "oauth.consent", target_type="oauth_client", target_id=str(client.client_id),
                 detail={"scopes": len(pending["scopes"])},
             )  # fmt: skip
+            await notify(
+                self.pages.rt.db,
+                workspace_id,
+                Event(
+                    EventType.OAUTH_CLIENT_AUTHORIZED,
+                    {
+                        "client_id": str(client.client_id)[:300],
+                        "client_name": (client.client_name or str(client.client_id))[:200],
+                        "scopes": " ".join(str(s) for s in pending["scopes"])[:300],
+                        "user_id": user.id,
+                    },
+                    user_id=user.id,
+                ),
+            )
         else:
             answer["error"] = "access_denied"
             answer["error_description"] = "the user denied access"

@@ -20,6 +20,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from auxen.auth import passwords, web_sessions
+from auxen.auth.sealing import SealedTokens
+from auxen.notify import Event, EventType, notify_user
 from auxen.runtime import Runtime
 from auxen.store.models import Role, User
 from auxen.tools import accounts, audit, mfa
@@ -27,6 +29,10 @@ from auxen.tools.errors import AuxenError, RateLimited
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATIC_DIR = Path(__file__).parent / "static"
+# A browser is "known" to the people who signed in on it: its device cookie (sealed, so
+# it cannot be forged or read) lists them. Browsers keep a cookie at most 400 days.
+DEVICE_TTL_S = 400 * 24 * 3600
+DEVICE_USERS = 10
 
 
 def content_security_policy(form_action: str = "'self'") -> str:
@@ -53,6 +59,8 @@ class Pages:
         self.csrf_cookie = web_sessions.cookie_name(rt.settings, "auxen_csrf")
         self.mfa_cookie = web_sessions.cookie_name(rt.settings, "auxen_mfa")
         self.workspace_cookie = web_sessions.cookie_name(rt.settings, "auxen_workspace")
+        self.device_cookie = web_sessions.cookie_name(rt.settings, "auxen_device")
+        self.devices = SealedTokens(rt.settings.master_key_bytes, "known-device")
         self.challenges = mfa.challenges(rt)
         self.secure = web_sessions.secure_cookies(rt.settings)
 
@@ -130,6 +138,39 @@ class Pages:
         response.headers.update(SECURITY_HEADERS)
         return response
 
+    async def _known_device(
+        self, request: Request, response: Response, user_id: str, *, first: bool = False
+    ) -> Response:
+        """Remember that `user_id` signed in on this browser; the first sign-in of an
+        account on a browser it was never used on (not its sign-up) is told to the person
+        and their workspaces' owners, with the address and browser, never the password."""
+        known = self.devices.open(request.cookies.get(self.device_cookie)) or {}
+        users = [u for u in known.get("users", []) if isinstance(u, str)]
+        if user_id not in users:
+            if not first:
+                await notify_user(
+                    self.rt.db,
+                    user_id,
+                    Event(
+                        EventType.NEW_SIGN_IN,
+                        {
+                            "user_id": user_id,
+                            "address": client_address(request)[:64],
+                            "browser": request.headers.get("user-agent", "unknown")[:200],
+                        },
+                    ),
+                )
+            users = [*users, user_id][-DEVICE_USERS:]
+        response.set_cookie(
+            self.device_cookie,
+            self.devices.issue({"users": users}, DEVICE_TTL_S),
+            max_age=DEVICE_TTL_S,
+            httponly=True,
+            secure=self.secure,
+            samesite="lax",
+        )
+        return response
+
     def _forbidden(self, request: Request) -> Response:
         return self.render(
             request,
@@ -173,7 +214,8 @@ class Pages:
                 next=next_url,
                 min_password=passwords.MIN_LENGTH,
             )
-        return self._signed_in(await web_sessions.start(self.rt.db, made.user.id), next_url)
+        signed_in = self._signed_in(await web_sessions.start(self.rt.db, made.user.id), next_url)
+        return await self._known_device(request, signed_in, made.user.id, first=True)
 
     async def login_form(self, request: Request) -> Response:
         return self.render(
@@ -230,7 +272,8 @@ class Pages:
             self.rt.db, user.id, user.email, "login.success", address=address,
             user_agent=_agent(request), detail={"mfa": False},
         )  # fmt: skip
-        return self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
+        signed_in = self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
+        return await self._known_device(request, signed_in, user.id)
 
     def _challenged_user(self, request: Request) -> str | None:
         challenge = self.challenges.open(request.cookies.get(self.mfa_cookie))
@@ -275,7 +318,8 @@ class Pages:
             self.rt.db, user.id, user.email, "login.success", address=client_address(request),
             user_agent=_agent(request), detail={"mfa": True},
         )  # fmt: skip
-        return self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
+        signed_in = self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
+        return await self._known_device(request, signed_in, user.id)
 
     async def logout(self, request: Request) -> Response:
         try:

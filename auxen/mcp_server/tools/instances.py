@@ -83,6 +83,15 @@ SpendCapUsd = Annotated[
         strict=True,
     ),
 ]
+History = Annotated[
+    bool,
+    Field(
+        description="Keep conversations on the server (sealed, bounded, deleted with the "
+        "instance): query_instance then returns a conversation_id to continue with. Off "
+        "by default, when nothing of a conversation is stored",
+        strict=True,
+    ),
+]
 StateFilter = Annotated[InstanceState | None, Field(description="Only instances in this state")]
 Limit = Annotated[
     int, Field(description="At most this many, newest first", ge=1, le=100, strict=True)
@@ -105,12 +114,13 @@ def tools(env: ToolEnv) -> list[Tool]:
         idle_timeout_minutes: IdleMinutes = None,
         spend_cap_usd: SpendCapUsd = None,
         gpu_fallbacks: GpuFallbacks = None,
+        history: History = False,
     ) -> ProvisionResult:
         req = env.parse(
             ProvisionRequest,
             provision_request(
                 model, gpu_type, tier, ttl_hours, idempotency_key, idle_timeout_minutes,
-                spend_cap_usd, gpu_fallbacks,
+                spend_cap_usd, gpu_fallbacks, history,
             ),
         )  # fmt: skip
         made = await env.call(ctx, instances.provision_instance, req)

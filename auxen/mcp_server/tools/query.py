@@ -6,7 +6,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import Field
 
-from auxen.mcp_server.args import InstanceId, TopK
+from auxen.mcp_server.args import ConversationId, InstanceId, TopK
 from auxen.mcp_server.server import ACTS, ToolEnv, scope
 from auxen.tools import query
 from auxen.tools.query import MAX_TOKENS, ChatMessage, QueryRequest, QueryResult
@@ -67,6 +67,7 @@ def tools(env: ToolEnv) -> list[Tool]:
         seed: Seed = None,
         retrieval: Retrieval = True,
         top_k: TopK = 5,
+        conversation_id: ConversationId | None = None,
     ) -> QueryResult:
         req = env.parse(
             QueryRequest,
@@ -81,6 +82,7 @@ def tools(env: ToolEnv) -> list[Tool]:
                 "seed": seed,
                 "retrieval": retrieval,
                 "top_k": top_k,
+                "conversation_id": conversation_id,
             },
         )
         return await env.call(ctx, query.query_instance, req)
@@ -94,7 +96,9 @@ def tools(env: ToolEnv) -> list[Tool]:
             "model and get its answer with token usage. The instance must be in state "
             "ready (see get_instance). With knowledge bases attached, the best passages "
             "go to the model as numbered sources and `citations` says where each came "
-            "from (retrieval=false turns this off). Prompts and answers are not stored.",
+            "from (retrieval=false turns this off). Prompts and answers are not stored, "
+            "unless the instance was provisioned with history=true: then the exchange is "
+            "kept (sealed) and conversation_id continues it in the next query.",
             annotations=ACTS,
         )
     ]

@@ -39,6 +39,13 @@ TENANT_TABLES = (
     "alert",
     "invite",
     "audit_event",
+    "conversation",
+    "conversation_turn",
+    "notification",
+    "notification_delivery",
+    "notification_attempt",
+    "webhook_endpoint",
+    "notification_preference",
 )
 SYSTEM = "current_setting('auxen.system', true) = 'on'"
 WORKSPACE = "current_setting('auxen.workspace_id', true)"
