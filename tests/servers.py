@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,3 +154,14 @@ def wait_for_state(
             return current
         time.sleep(0.5)
     raise AssertionError(f"{instance_id} never reached {states}; last: {current}")
+
+
+@contextmanager
+def sqlite_server(root: Path) -> Iterator[AuxenServer]:
+    """A started server on a SQLite file under `root`; stopped at the end, failing the
+    test if it logged a traceback."""
+    server = AuxenServer(root / "data", f"sqlite:///{root / 'auxen.db'}").start()
+    try:
+        yield server
+    finally:
+        server.stop_clean()

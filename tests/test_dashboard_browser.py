@@ -14,7 +14,6 @@ import base64
 import hashlib
 import re
 import secrets
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,15 +23,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
-from tests.browsers import Authenticator, csrf_of
+from tests import browsers
+from tests.browsers import Authenticator, chromium, csrf_of
 from tests.mcp_clients import structured
-from tests.servers import REPO, AuxenServer
+from tests.servers import AuxenServer
 from tests.stripe_standin import StripeStandIn, sign
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = REPO / "build" / "screenshots"
 PASSWORD = "a dashboard passphrase"
 NEW_PASSWORD = "a changed dashboard passphrase"
 REDIRECT = "http://127.0.0.1:53998/callback"
@@ -87,19 +85,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: `make test` installs Debian's chromium package")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"dashboard-{name}.png"), full_page=True)
+    browsers.shot(page, f"dashboard-{name}")
 
 
 UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]

@@ -6,37 +6,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
-from tests.servers import AuxenServer
-from tests.test_pages_browser import CHROMIUM, shot
+from tests.browsers import chromium, shot
+from tests.servers import AuxenServer, sqlite_server
 
 PASSWORD = "members in a browser"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuxenServer]:
-    root = tmp_path_factory.mktemp("members-browser")
-    srv = AuxenServer(root / "data", f"sqlite:///{root / 'auxen.db'}").start()
-    try:
+    with sqlite_server(tmp_path_factory.mktemp("members-browser")) as srv:
         yield srv
-    finally:
-        srv.stop_clean()
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: `make test` installs Debian's chromium package")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def sign_up(page: Page, server: AuxenServer, email: str, workspace: str, next_url: str) -> None:

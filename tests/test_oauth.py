@@ -37,7 +37,7 @@ from auxen.store.models import OAuthClient
 from tests.browsers import csrf_of, enrol_totp
 from tests.ledger_checks import sql
 from tests.mcp_clients import error_text, structured
-from tests.servers import AuxenServer, free_port
+from tests.servers import AuxenServer, free_port, sqlite_server
 
 PASSWORD = "a passphrase for oauth tests"
 REDIRECT = "http://127.0.0.1:53682/callback"
@@ -106,12 +106,8 @@ class MemoryStorage:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuxenServer]:
-    root = tmp_path_factory.mktemp("oauth")
-    srv = AuxenServer(root / "data", f"sqlite:///{root / 'auxen.db'}").start()
-    try:
+    with sqlite_server(tmp_path_factory.mktemp("oauth")) as srv:
         yield srv
-    finally:
-        srv.stop_clean()
 
 
 def sdk_client(server: AuxenServer, person: Person, storage: MemoryStorage) -> Client:

@@ -6,49 +6,30 @@ agent on the consent page. Screenshots of each page land in build/screenshots/."
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Route
 
-from tests.browsers import Authenticator
-from tests.servers import REPO, AuxenServer
+from tests.browsers import Authenticator, chromium, shot
+from tests.servers import AuxenServer, sqlite_server
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = REPO / "build" / "screenshots"
 PASSWORD = "a browser-typed passphrase"
 REDIRECT = "http://127.0.0.1:53999/callback"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuxenServer]:
-    root = tmp_path_factory.mktemp("pages")
-    srv = AuxenServer(root / "data", f"sqlite:///{root / 'auxen.db'}").start()
-    try:
+    with sqlite_server(tmp_path_factory.mktemp("pages")) as srv:
         yield srv
-    finally:
-        srv.stop_clean()
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: `make test` installs Debian's chromium package")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    with chromium() as b:
+        yield b
 
 
 def test_a_person_turns_on_two_factor_and_allows_an_agent(

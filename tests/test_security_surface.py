@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import httpx2
 import pytest
 
-from tests.servers import REPO, AuxenServer
+from tests.servers import REPO, AuxenServer, sqlite_server
 
 ALWAYS = {
     "x-content-type-options": "nosniff",
@@ -25,12 +25,8 @@ STRICT = "default-src 'none'; frame-ancestors 'none'"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuxenServer]:
-    root = tmp_path_factory.mktemp("surface")
-    srv = AuxenServer(root / "data", f"sqlite:///{root / 'auxen.db'}").start()
-    try:
+    with sqlite_server(tmp_path_factory.mktemp("surface")) as srv:
         yield srv
-    finally:
-        srv.stop_clean()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from auxen.billing.alerts import recent_alerts
 from auxen.store.models import Role, User
 from auxen.tools import accounts, audit, mfa
 from auxen.tools.errors import AuxenError, RateLimited
-from auxen.web.pages import CsrfError, Pages, _safe_next, client_address
+from auxen.web.pages import Pages, _safe_next, client_address, error_status
 
 Form = dict[str, Any]
 
@@ -64,13 +64,10 @@ class AccountPages:
     ) -> Response:
         """A POST from the account page: CSRF checked, signed in, typed errors shown on
         the page (429 with Retry-After when throttled)."""
-        try:
-            form = await self.pages._check_csrf(request)
-        except CsrfError:
-            return self.pages._forbidden(request)
-        user = await self.pages.current_user(request)
-        if user is None:
-            return RedirectResponse("/login?next=/account", status_code=303)
+        posted = await self.pages.posted_form(request, "/account")
+        if isinstance(posted, Response):
+            return posted
+        user, form = posted
         try:
             return await act(user, form)
         except RateLimited as exc:
@@ -78,10 +75,7 @@ class AccountPages:
             page.headers["Retry-After"] = str(exc.retry_after_s)
             return page
         except AuxenError as exc:
-            status = {"invalid_argument": 400, "unauthenticated": 401, "conflict": 409}
-            return await self._render(
-                request, user, status=status.get(exc.code, 400), error=exc.message
-            )
+            return await self._render(request, user, status=error_status(exc), error=exc.message)
 
     # -- password --------------------------------------------------------------------
 

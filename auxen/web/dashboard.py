@@ -35,10 +35,10 @@ from auxen.tools.permissions import Permission
 from auxen.tools.views import micros_to_usd
 from auxen.web.pages import (
     SECURITY_HEADERS,
-    CsrfError,
     Pages,
     client_address,
     content_security_policy,
+    error_status,
 )
 
 PAGE_SIZE = 50
@@ -47,15 +47,6 @@ USAGE_WINDOWS = (7, 30, 90)
 # Buying credits posts here and is redirected to Stripe's hosted page: the billing page's
 # CSP lets its forms end up there, and nowhere else off the site.
 STRIPE_CHECKOUT = "https://checkout.stripe.com"
-STATUS = {
-    "invalid_argument": 400,
-    "unauthenticated": 401,
-    "permission_denied": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "budget_exceeded": 402,
-    "unavailable": 503,
-}
 Form = dict[str, Any]
 
 
@@ -187,7 +178,7 @@ class Dashboard:
             return await build(visit)
         except AuxenError as exc:
             return self._render(
-                request, visit, "dashboard/problem.html", status=STATUS.get(exc.code, 400),
+                request, visit, "dashboard/problem.html", status=error_status(exc),
                 error=exc.message,
             )  # fmt: skip
 
@@ -199,17 +190,17 @@ class Dashboard:
     ) -> Response:
         """A form post: CSRF checked first, then signed in; a typed error shows the page
         again (`again`, with the error) and changes nothing."""
-        try:
-            form = await self.pages._check_csrf(request)
-        except CsrfError:
-            return self.pages._forbidden(request)
+        posted = await self.pages.posted_form(request, "/dashboard")
+        if isinstance(posted, Response):
+            return posted
         visit = await self._visit(request)
         if visit is None:
             return RedirectResponse("/login?next=/dashboard", status_code=303)
+        _, form = posted
         try:
             return await act(visit, form)
         except AuxenError as exc:
-            status = STATUS.get(exc.code, 400)
+            status = error_status(exc)
             if again is None:
                 return self._render(
                     request, visit, "dashboard/problem.html", status=status, error=exc.message

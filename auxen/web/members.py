@@ -17,16 +17,9 @@ from auxen.tools import audit, members
 from auxen.tools.context import Caller
 from auxen.tools.errors import AuxenError
 from auxen.tools.permissions import Permission, role_may
-from auxen.web.pages import CsrfError, Pages, client_address
+from auxen.web.pages import CsrfError, Pages, client_address, error_status
 
 Form = dict[str, str]
-_STATUS = {
-    "invalid_argument": 400,
-    "permission_denied": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "unauthenticated": 401,
-}
 
 
 class MemberPages:
@@ -49,7 +42,7 @@ class MemberPages:
 
     def _error(self, request: Request, exc: AuxenError, back: str) -> Response:
         return self.pages.render(
-            request, "error.html", status=_STATUS.get(exc.code, 400), error=exc.message,
+            request, "error.html", status=error_status(exc), error=exc.message,
             back=back,
         )  # fmt: skip
 
@@ -87,20 +80,17 @@ class MemberPages:
     async def _posted(
         self, request: Request, act: Callable[[Caller, Form], Awaitable[Response]]
     ) -> Response:
-        try:
-            form = await self.pages._check_csrf(request)
-        except CsrfError:
-            return self.pages._forbidden(request)
-        user = await self.pages.current_user(request)
-        if user is None:
-            return RedirectResponse("/login?next=/members", status_code=303)
+        posted = await self.pages.posted_form(request, "/members")
+        if isinstance(posted, Response):
+            return posted
+        user, form = posted
         caller = await self._caller(request, user)
         if caller is None:
             return RedirectResponse("/account", status_code=303)
         try:
             return await act(caller, form)
         except AuxenError as exc:
-            return await self.show(request, status=_STATUS.get(exc.code, 400), error=exc.message)
+            return await self.show(request, status=error_status(exc), error=exc.message)
 
     async def invite(self, request: Request) -> Response:
         async def act(caller: Caller, form: Form) -> Response:

@@ -22,6 +22,7 @@ from starlette.templating import Jinja2Templates
 from auxen.auth import passwords, web_sessions
 from auxen.auth.sealing import SealedTokens
 from auxen.notify import Event, EventType, notify_user
+from auxen.rest.errors import status_of
 from auxen.runtime import Runtime
 from auxen.store.models import Role, User
 from auxen.tools import accounts, audit, mfa
@@ -170,6 +171,20 @@ class Pages:
             samesite="lax",
         )
         return response
+
+    async def posted_form(
+        self, request: Request, back: str
+    ) -> tuple[User, dict[str, Any]] | Response:
+        """A form POST of a signed-in person: the CSRF token checked first, then the
+        session. Otherwise the response to send: 403, or the sign-in page (then `back`)."""
+        try:
+            form = await self._check_csrf(request)
+        except CsrfError:
+            return self._forbidden(request)
+        user = await self.current_user(request)
+        if user is None:
+            return RedirectResponse(f"/login?next={back}", status_code=303)
+        return user, form
 
     def _forbidden(self, request: Request) -> Response:
         return self.render(
@@ -351,3 +366,8 @@ def _safe_next(value: str | None) -> str:
     if "\\" in value:
         return "/account"
     return value
+
+
+def error_status(exc: AuxenError) -> int:
+    """The HTTP status a page answers a typed error with (the same as the REST API's)."""
+    return status_of(exc)[0]
