@@ -379,3 +379,32 @@ def test_sign_ins_are_audited_in_the_persons_workspaces(server: AuxenServer) -> 
     assert audit.status_code == 200, audit.text  # the owner of their own workspace
     assert "login.failure" in audit.text and "login.success" in audit.text
     assert PASSWORD not in audit.text
+
+
+def test_auxens_own_destroys_are_audited_as_the_system(server: AuxenServer) -> None:
+    """The reconciler destroys an instance whose time-to-live ran out; the log says it
+    was Auxen, and why."""
+    ws, owner_key = server.workspace("expiring@example.com")
+
+    async def expired(db: Database) -> str:
+        instance = Instance(
+            workspace_id=ws, livemode=True, model="org/m", gpu_type="cpu", tier="dedicated",
+            provider="local", state=InstanceState.READY, hourly_price_micros=0,
+            ttl_seconds=60, expires_at=datetime.now(UTC) - timedelta(seconds=1),
+        )  # fmt: skip
+        async with db.scoped(ws) as session:
+            session.add(instance)
+            await session.commit()
+        return instance.id
+
+    instance_id = db_run(server, expired)
+    deadline = time.monotonic() + 30
+    with server.client(owner_key) as owner:
+        while time.monotonic() < deadline:
+            events = owner.get("/v1/audit").json()["data"]
+            if events:
+                break
+            time.sleep(0.5)
+    assert [(e["action"], e["actor_type"], e["target_id"], e["detail"]) for e in events] == [
+        ("instance.destroy", "system", instance_id, {"reason": "ttl_expired"})
+    ]

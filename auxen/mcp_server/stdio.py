@@ -10,6 +10,7 @@ but JSON-RPC; every log line goes to stderr.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import httpx2
@@ -43,7 +44,7 @@ async def serve_embedded(settings: Settings, api_key: str) -> None:
 
         async def caller_of(_ctx: Any) -> Caller:
             # Checked on every call (cached for seconds), so a revoked key stops working.
-            return await rt.auth.authenticate(api_key)
+            return replace(await rt.auth.authenticate(api_key), address="local")
 
         await build_server(rt, caller_of).run_stdio_async()
     finally:
