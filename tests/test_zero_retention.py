@@ -3,13 +3,16 @@ streamed, MCP over Streamable HTTP and over stdio, a knowledge base answering, a
 refusals of bad requests) carries one unique marker in its prompts; afterwards the
 database, every log file and every instance directory are searched byte by byte. The
 marker may appear only in the knowledge-base store, inside the document the user
-uploaded (which contains it too)."""
+uploaded (which contains it too). The instance keeps no history (the default), so no
+conversation is stored at all; tests/test_history.py shows what an instance with
+`history: true` keeps: sealed turns, gone with it."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import shlex
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -213,6 +216,10 @@ def test_nothing_but_the_uploaded_document_holds_the_marker(world: World) -> Non
     time.sleep(0.5)  # the usage recorder flushes every 0.1 s
     rows = world.http.get("/v1/usage").json()
     assert rows, rows  # the calls were metered: counts only
+    # The instance keeps no history (the default): no conversation, not even sealed.
+    with sqlite3.connect(world.server.data_dir / "auxen.db") as conn:
+        for table in ("conversation", "conversation_turn"):
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
     world.assert_only_uploaded_documents_hold_the_marker()
     kb_hits = world.places_with_marker()
     assert kb_hits, "the uploaded document should be in the vector store"
