@@ -108,6 +108,8 @@ class RunpodStandin:
         self.created: list[dict[str, Any]] = []  # every create body accepted
         self.requests: list[tuple[str, str]] = []
         self.proxy_auth_seen: set[str] = set()
+        # (path, headers) of every request a pod was sent
+        self.proxy_headers_seen: list[tuple[str, dict[str, str]]] = []
         self.backends: dict[str, Backend] = {}
         # Faults.
         self.capacity_gpu_ids: set[str] = set()
@@ -353,6 +355,7 @@ class RunpodStandin:
     async def _proxy(self, request: Request) -> Response:
         auth = request.headers.get("authorization", "")
         self.proxy_auth_seen.add(auth)
+        self.proxy_headers_seen.append((request.path_params["path"], dict(request.headers)))
         pod = self.pods.get(request.path_params["pod_id"])
         if pod is None or pod.status != "RUNNING":
             return Response("pod not found or not running", status_code=404)

@@ -126,6 +126,31 @@ def test_provision_stream_and_destroy_through_runpod(world: World) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
     # The RunPod key went only to the API, never through the pod's proxy.
     assert all(world.standin.api_key not in seen for seen in world.standin.proxy_auth_seen)
+    # The caller's own credentials and headers never reach the pod: only the instance's
+    # upstream key does (and the body's credentials are refused before anything is sent).
+    world.standin.proxy_headers_seen.clear()
+    sent = httpx2.post(
+        f"{made['endpoint']}/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        headers={"Authorization": f"Bearer {made['instance_key']}", "Cookie": "sid=caller",
+                 "X-Api-Key": "caller-secret", "OpenAI-Organization": "org-caller"},
+        timeout=120,
+    )  # fmt: skip
+    assert sent.status_code == 200, sent.text
+    (seen,) = [h for path, h in world.standin.proxy_headers_seen if "chat/completions" in path]
+    assert seen["authorization"] != f"Bearer {made['instance_key']}"
+    assert not {"cookie", "x-api-key", "openai-organization"} & set(seen), seen
+    assert made["instance_key"] not in str(seen) and "caller" not in str(seen)
+    refused = httpx2.post(
+        f"{made['endpoint']}/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}],
+              "extra_body": {"headers": {"Authorization": "Bearer stolen"}}},
+        headers={"Authorization": f"Bearer {made['instance_key']}"},
+        timeout=60,
+    )  # fmt: skip
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "extra_body.headers"
+    chats = [p for p, _ in world.standin.proxy_headers_seen if "chat/completions" in p]
+    assert len(chats) == 1  # the refused one never went upstream
 
     gone = world.http.delete(f"/v1/instances/{made['id']}").json()
     assert gone["state"] == "destroyed"
@@ -292,7 +317,8 @@ def test_a_pod_that_never_answers_fails_after_the_ready_timeout(world: World) ->
     finally:
         world.standin.never_ready = False
     assert failed["state"] == "failed" and "not ready after 6s" in failed["last_error"]
-    assert world.pods_of(made["id"]) == []
+    # The failure is recorded first, then its pod is terminated.
+    wait_until(lambda: world.pods_of(made["id"]) == [], "the pod to be terminated", timeout=30)
 
 
 def test_a_workspace_with_its_own_runpod_key_runs_pods_in_its_account(world: World) -> None:

@@ -277,9 +277,11 @@ def test_deleting_a_workspace_waits_for_its_instances(server: AuxenServer) -> No
     ws, owner_key = server.workspace("leaver@example.com")
 
     async def running(db: Database, state: InstanceState) -> str:
+        # Another provider's instance: this server's reconciler (local) leaves it alone,
+        # so its state holds while the test looks.
         instance = Instance(
             workspace_id=ws, livemode=True, model="org/m", gpu_type="cpu", tier="dedicated",
-            provider="local", state=state, hourly_price_micros=0, ttl_seconds=60,
+            provider="runpod", state=state, hourly_price_micros=0, ttl_seconds=60,
             expires_at=datetime.now(UTC) + timedelta(hours=1),
         )  # fmt: skip
         async with db.scoped(ws) as session:
