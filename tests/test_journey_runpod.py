@@ -158,7 +158,8 @@ def test_provision_stream_and_destroy_through_runpod(world: World) -> None:
     wait_until(
         lambda: (
             world.db_rows(
-                f"SELECT completion_tokens FROM usage_record WHERE instance_id = '{made['id']}'"
+                "SELECT completion_tokens FROM usage_record "
+                f"WHERE instance_id = '{made['id']}' AND stream"
             )
             == [(8,)]
         ),
