@@ -103,7 +103,7 @@ def seed(db_path: Path) -> dict[str, Any]:
             keys.append(
                 dict(id=f"k{n:023d}", workspace_id=ws, kind="instance", livemode=True,
                      instance_id=iid, name="default", display_prefix=f"auxk_{n:06d}",
-                     secret_hash=secrets.token_bytes(32), created_at=created)
+                     secret_hash=secrets.token_bytes(32), created_at=created, role="member")
             )  # fmt: skip
         conn.execute(sa.insert(Instance), instances)
         conn.execute(sa.insert(ApiKey), keys)
