@@ -15,6 +15,18 @@ from mcp_types import CallToolResult
 
 from tests.servers import AuxenServer
 
+# A raw JSON-RPC initialize request (for tests that speak HTTP to /mcp themselves).
+INITIALIZE: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+
 
 @asynccontextmanager
 async def http_client(

@@ -27,7 +27,7 @@ from sqlmodel import select
 
 from auxen.store.db import Database
 from auxen.store.models import ApiKey, Instance, UsageRecord
-from tests.mcp_clients import error_text, http_client, stdio_client, structured
+from tests.mcp_clients import INITIALIZE, error_text, http_client, stdio_client, structured
 from tests.servers import REPO, AuxenServer, wait_for_state
 
 MAX_BODY = 65_536
@@ -267,16 +267,7 @@ def test_instance_keys_cannot_manage_instances(world: World) -> None:
 
 def test_endpoint_requires_a_valid_key(world: World) -> None:
     url = f"{world.server.url}/mcp"
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
+    body = INITIALIZE
     headers = {"Accept": "application/json, text/event-stream"}
     missing = httpx2.post(url, json=body, headers=headers)
     assert missing.status_code == 401
@@ -314,16 +305,7 @@ def test_a_session_belongs_to_the_key_that_opened_it(world: World) -> None:
     opened = httpx2.post(
         url,
         headers=headers,
-        json={
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        },
+        json=INITIALIZE,
     )
     assert opened.status_code == 200, opened.text
     session = opened.headers["mcp-session-id"]
@@ -504,16 +486,7 @@ def test_one_key_cannot_hold_every_session(world: World) -> None:
     url = f"{world.server.url}/mcp"
     http = world.server.client(world.key)
     made = http.post("/v1/keys", json={"name": "greedy"}).json()
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
+    initialize = INITIALIZE
 
     def open_session(key: str) -> httpx2.Response:
         return httpx2.post(

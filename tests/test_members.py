@@ -21,20 +21,11 @@ import sqlalchemy as sa
 from auxen.store.db import Database
 from auxen.store.models import AuditEvent, Instance, InstanceState, Invite
 from tests.browsers import csrf_of
+from tests.mcp_clients import INITIALIZE, http_client
 from tests.servers import AuxenServer
 from tests.test_oauth import REDIRECT, Flow
 
 PASSWORD = "members test passphrase"
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +176,6 @@ def test_a_demotion_applies_to_the_agent_at_once(server: AuxenServer) -> None:
         assert httpx2.get(f"{server.url}/v1/audit", headers=headers).status_code == 401
 
         async def set_cap() -> str:
-            from tests.mcp_clients import http_client
-
             async with http_client(server.url, token) as client:
                 result = await client.call_tool(
                     "set_spending_cap", {"scope": "monthly", "amount_usd": None}
