@@ -176,7 +176,7 @@ def test_next_never_leaves_the_site(server: AuxenServer) -> None:
     for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example", "javascript:x"):
         b = browser(server)
         done = sign_up(b, f"redirect{abs(hash(target))}@example.com", next=target)
-        assert done.status_code == 303 and done.headers["location"] == "/account", target
+        assert done.status_code == 303 and done.headers["location"] == "/dashboard", target
 
 
 def test_pages_need_a_session(server: AuxenServer) -> None:

@@ -181,7 +181,7 @@ def test_turning_it_off_needs_the_password_and_a_code(server: AuxenServer) -> No
     assert user.totp_secret_sealed is None and rows == []
     assert (
         _login(browser(server, "192.0.2.25"), "off@example.com", PASSWORD).headers["location"]
-        == "/account"
+        == "/dashboard"
     )  # straight in again
 
 

@@ -46,8 +46,9 @@ def test_a_person_turns_on_two_factor_and_allows_an_agent(
     page.get_by_label("Workspace name").fill("Browser Lab")
     shot(page, "signup")
     page.get_by_role("button", name="Create account").click()
-    page.wait_for_url(f"{server.url}/account")
+    page.wait_for_url(f"{server.url}/dashboard")  # a new account lands on its dashboard
     assert "Browser Lab" in page.content()
+    page.goto(f"{server.url}/account")
 
     page.get_by_role("button", name="Set up two-factor authentication").click()
     page.wait_for_url(f"{server.url}/account/mfa/setup")

@@ -179,4 +179,4 @@ class AccountPages:
 
 
 def _back(next_url: str | None) -> str:
-    return _safe_next(next_url)
+    return _safe_next(next_url, "/account")

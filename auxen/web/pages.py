@@ -356,15 +356,16 @@ def _agent(request: Request) -> str | None:
     return agent[: audit.USER_AGENT_MAX] if agent else None
 
 
-def _safe_next(value: str | None) -> str:
-    """Only a path on this site: never an absolute or scheme-relative URL (open redirect)."""
+def _safe_next(value: str | None, default: str = "/dashboard") -> str:
+    """Only a path on this site: never an absolute or scheme-relative URL (open redirect).
+    Without one, people land on the dashboard."""
     if not value or len(value) > 2000:
-        return "/account"
+        return default
     parts = urlsplit(value)
     if parts.scheme or parts.netloc or not value.startswith("/") or value.startswith("//"):
-        return "/account"
+        return default
     if "\\" in value:
-        return "/account"
+        return default
     return value
 
 
