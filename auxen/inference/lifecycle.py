@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -223,7 +223,7 @@ class InstanceManager:
             if instance.tier == SHARED_TIER:
                 await self.shared.attach(instance)  # no resource of its own
                 return
-            creds = await self._enter_account(instance.workspace_id)
+            creds = await self._enter_account(instance.workspace_id, launch=True)
             api_key = self._upstream_key(instance)
             if instance.state is S.PROVISIONING:
                 fallbacks = tuple(filter(None, (instance.gpu_fallbacks or "").split(",")))
@@ -511,13 +511,14 @@ class InstanceManager:
     async def _reconcile_pass(self) -> ReconcileReport:
         report = ReconcileReport()
         report.streams_interrupted = await self._close_dead_streams()
+        keys = await self._account_keys()
         owned: dict[str, list[OwnedResource]] = {}
-        accounts: dict[str, str | None] = {}  # provider id -> the workspace whose account
-        for account in await self._accounts():
-            async with self._account(account):
+        accounts: dict[str, str | None] = {}  # provider id -> the account key it lives in
+        for key in (None, *keys.values()):
+            with _acting_in(key):
                 for resource in await self.provider.list_owned():
                     owned.setdefault(resource.instance_id, []).append(resource)
-                    accounts[resource.provider_id] = account
+                    accounts[resource.provider_id] = key
         async with self.db.system() as session:
             rows = (
                 await session.exec(
@@ -530,7 +531,7 @@ class InstanceManager:
         for instance in rows:
             if instance.id in self._bring_ups or instance.id in self._destroys:
                 continue
-            async with self._account(instance.workspace_id):
+            with _acting_in(keys.get(instance.workspace_id)):
                 await self._reconcile_instance(instance, owned.get(instance.id, []), now, report)
         live = {i.id for i in rows}
         for instance_id, resources in owned.items():
@@ -539,7 +540,7 @@ class InstanceManager:
                     log.warning(
                         "terminating orphaned resource %s of %s", resource.provider_id, instance_id
                     )
-                    async with self._account(accounts[resource.provider_id]):
+                    with _acting_in(accounts[resource.provider_id]):
                         await self.provider.terminate(resource.provider_id, instance_id)
                     report.orphans_terminated.append(resource.provider_id)
         return report
@@ -619,40 +620,35 @@ class InstanceManager:
 
     # -- provider accounts (BYOK) --------------------------------------------------
 
-    async def _accounts(self) -> list[str | None]:
-        """The provider accounts to look for resources in: the deployment's (None), and
-        for providers with per-workspace accounts, every workspace that stores a key."""
+    async def _account_keys(self) -> dict[str, str]:
+        """Each workspace's own provider key (BYOK), for providers whose calls can act in
+        a workspace's account; none for the others."""
         if not self.provider.accounts_per_workspace:
-            return [None]
+            return {}
+        master = self.settings.master_key_bytes
         async with self.db.system() as session:
             stored = (
                 await session.exec(
-                    select(ProviderCredential.workspace_id).where(
+                    select(ProviderCredential).where(
                         col(ProviderCredential.provider) == self.provider.name
                     )
                 )
             ).all()
-        return [None, *sorted(set(stored))]
+        return {c.workspace_id: unseal(master, c.workspace_id, c.sealed) for c in stored}
 
-    async def _enter_account(self, workspace_id: str | None) -> WorkspaceCredentials:
+    async def _enter_account(
+        self, workspace_id: str, *, launch: bool = False
+    ) -> WorkspaceCredentials:
         """Make the current task's provider calls act in the workspace's own provider
-        account when it stores a key (BYOK); returns its credentials for the launch."""
+        account when it stores a key (BYOK). With `launch`, also return its credentials
+        for the launch (its Hugging Face token); the database is read only when needed."""
         creds = WorkspaceCredentials()
-        if workspace_id is not None:
+        if launch or self.provider.accounts_per_workspace:
             creds = await workspace_credentials(
                 self.db, self.settings.master_key_bytes, workspace_id
             )
         PROVIDER_ACCOUNT.set(creds.runpod_api_key if self.provider.accounts_per_workspace else None)
         return creds
-
-    @contextlib.asynccontextmanager
-    async def _account(self, workspace_id: str | None) -> AsyncIterator[None]:
-        token = PROVIDER_ACCOUNT.set(PROVIDER_ACCOUNT.get())
-        try:
-            await self._enter_account(workspace_id)
-            yield
-        finally:
-            PROVIDER_ACCOUNT.reset(token)
 
     async def _terminate_extra(
         self, instance: Instance, resources: list[OwnedResource], report: ReconcileReport
@@ -711,6 +707,16 @@ class InstanceManager:
             await asyncio.gather(
                 *self._bring_ups.values(), *self._destroys.values(), return_exceptions=True
             )
+
+
+@contextlib.contextmanager
+def _acting_in(account_key: str | None) -> Iterator[None]:
+    """Provider calls inside act in the account of `account_key` (None: the deployment's)."""
+    token = PROVIDER_ACCOUNT.set(account_key)
+    try:
+        yield
+    finally:
+        PROVIDER_ACCOUNT.reset(token)
 
 
 def _idle_for(instance: Instance, now: datetime) -> float:
