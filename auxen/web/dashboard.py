@@ -36,7 +36,6 @@ from auxen.tools.views import micros_to_usd
 from auxen.web.pages import (
     SECURITY_HEADERS,
     Pages,
-    client_address,
     content_security_policy,
     error_status,
 )
@@ -135,21 +134,15 @@ class Dashboard:
         user = await self.pages.current_user(request)
         if user is None:
             return None
-        found = await self.pages.current_workspace(request, user)
-        if found is None:
+        livemode = request.cookies.get(MODE_COOKIE) != "test"
+        caller = await self.pages.caller_for(request, user, livemode=livemode)
+        if caller is None:
             return None
-        workspace_id, role = found
-        async with self.rt.db.scoped(workspace_id) as session:
-            workspace = await session.get(Workspace, workspace_id)
+        async with self.rt.db.scoped(caller.workspace_id) as session:
+            workspace = await session.get(Workspace, caller.workspace_id)
         if workspace is None:
             return None
-        livemode = request.cookies.get(MODE_COOKIE) != "test"
-        agent = request.headers.get("user-agent")
-        caller = Caller(
-            workspace_id=workspace.id, livemode=livemode, user_id=user.id, role=role,
-            address=client_address(request), user_agent=agent[:200] if agent else None,
-        )  # fmt: skip
-        return Visit(user, workspace, role, caller)
+        return Visit(user, workspace, caller.role, caller)
 
     def _render(
         self, request: Request, visit: Visit, template: str, status: int = 200, **context: Any

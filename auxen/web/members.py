@@ -12,7 +12,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from auxen.store.models import Role, User
+from auxen.store.models import Role
 from auxen.tools import audit, members
 from auxen.tools.context import Caller
 from auxen.tools.errors import AuxenError
@@ -26,16 +26,6 @@ class MemberPages:
     def __init__(self, pages: Pages) -> None:
         self.pages = pages
         self.rt = pages.rt
-
-    async def _caller(self, request: Request, user: User) -> Caller | None:
-        current = await self.pages.current_workspace(request, user)
-        if current is None:
-            return None
-        agent = request.headers.get("user-agent")
-        return Caller(
-            workspace_id=current[0], livemode=True, user_id=user.id, role=current[1],
-            address=client_address(request), user_agent=agent[:200] if agent else None,
-        )  # fmt: skip
 
     def _sign_in(self, request: Request) -> Response:
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
@@ -52,7 +42,7 @@ class MemberPages:
         user = await self.pages.current_user(request)
         if user is None:
             return self._sign_in(request)
-        caller = await self._caller(request, user)
+        caller = await self.pages.caller_for(request, user)
         if caller is None:
             return self.pages.render(
                 request, "error.html", status=404, error="You are not in any workspace.",
@@ -84,7 +74,7 @@ class MemberPages:
         if isinstance(posted, Response):
             return posted
         user, form = posted
-        caller = await self._caller(request, user)
+        caller = await self.pages.caller_for(request, user)
         if caller is None:
             return RedirectResponse("/account", status_code=303)
         try:
@@ -182,7 +172,7 @@ class MemberPages:
         user = await self.pages.current_user(request)
         if user is None:
             return self._sign_in(request)
-        caller = await self._caller(request, user)
+        caller = await self.pages.caller_for(request, user)
         if caller is None:
             return RedirectResponse("/account", status_code=303)
         try:

@@ -20,12 +20,14 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from auxen.auth import passwords, web_sessions
+from auxen.auth.authenticate import with_origin
 from auxen.auth.sealing import SealedTokens
 from auxen.notify import Event, EventType, notify_user
 from auxen.rest.errors import status_of
 from auxen.runtime import Runtime
 from auxen.store.models import Role, User
 from auxen.tools import accounts, audit, mfa
+from auxen.tools.context import Caller
 from auxen.tools.errors import AuxenError, RateLimited
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -87,6 +89,18 @@ class Pages:
             if workspace.id == chosen:
                 return workspace.id, role
         return workspaces[0][0].id, workspaces[0][1]
+
+    async def caller_for(
+        self, request: Request, user: User, *, livemode: bool = True
+    ) -> Caller | None:
+        """The signed-in person acting in their current workspace, with their role there
+        and where they are (for the audit log); None when they are in no workspace."""
+        current = await self.current_workspace(request, user)
+        if current is None:
+            return None
+        workspace_id, role = current
+        caller = Caller(workspace_id=workspace_id, livemode=livemode, user_id=user.id, role=role)
+        return with_origin(caller, request)
 
     def choose_workspace(self, response: Response, workspace_id: str) -> None:
         response.set_cookie(
@@ -283,9 +297,15 @@ class Pages:
             )
             response.headers.update(SECURITY_HEADERS)
             return response
+        return await self._finish_sign_in(request, user, next_url, mfa=False)
+
+    async def _finish_sign_in(
+        self, request: Request, user: User, next_url: str, *, mfa: bool
+    ) -> Response:
+        """Every factor given: audit it, start the session, remember the browser."""
         await audit.record_for_user(
-            self.rt.db, user.id, user.email, "login.success", address=address,
-            user_agent=_agent(request), detail={"mfa": False},
+            self.rt.db, user.id, user.email, "login.success", address=client_address(request),
+            user_agent=_agent(request), detail={"mfa": mfa},
         )  # fmt: skip
         signed_in = self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
         return await self._known_device(request, signed_in, user.id)
@@ -329,12 +349,7 @@ class Pages:
             return self.render(
                 request, "login_mfa.html", status=401, error=exc.message, next=next_url
             )
-        await audit.record_for_user(
-            self.rt.db, user.id, user.email, "login.success", address=client_address(request),
-            user_agent=_agent(request), detail={"mfa": True},
-        )  # fmt: skip
-        signed_in = self._signed_in(await web_sessions.start(self.rt.db, user.id), next_url)
-        return await self._known_device(request, signed_in, user.id)
+        return await self._finish_sign_in(request, user, next_url, mfa=True)
 
     async def logout(self, request: Request) -> Response:
         try:
