@@ -314,7 +314,7 @@ async def count_instances(
     rt: Runtime, caller: Caller, *, states: Sequence[InstanceState] | None = None
 ) -> int:
     """How many instances the workspace has (in this mode), in `states` if given."""
-    caller.require_account()
+    caller.require(Permission.INSTANCES_READ)
     async with rt.db.scoped(caller.workspace_id) as session:
         query = (
             select(sa.func.count())

@@ -152,7 +152,7 @@ async def usage_breakdown(rt: Runtime, caller: Caller, *, days: int) -> UsageBre
     and per instance. The database sums the rows per (day, instance) in two passes over
     the window, read from the covering indexes (usage, then ledger charges); what comes
     back is at most one row per instance and day, folded into both views here."""
-    caller.require_account()
+    caller.require(Permission.USAGE_READ)
     if not 1 <= days <= 366:
         raise InvalidArgument("days must be between 1 and 366", param="days")
     await rt.usage.flush()  # read-your-writes: calls this process just metered count
@@ -229,7 +229,7 @@ async def charged_by_instance(
     rt: Runtime, caller: Caller, instance_ids: list[str]
 ) -> dict[str, int]:
     """What the ledger has charged each of these instances so far (their cost so far)."""
-    caller.require_account()
+    caller.require(Permission.USAGE_READ)
     if not instance_ids:
         return {}
     async with rt.db.scoped(caller.workspace_id) as session:
