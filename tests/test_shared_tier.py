@@ -200,7 +200,22 @@ def test_concurrent_streams_never_spend_past_the_balance(shared: Shared) -> None
 
 def test_an_abandoned_stream_is_charged_for_what_was_generated(shared: Shared) -> None:
     ws, key = shared.workspace("quitter@shared.example", "1")
-    instance = shared.provision(key)
+    # Up to three streams: on two shared cores the tiny model can finish all 1500 tokens
+    # before the hang-up reaches the server (then all of them were generated, and charged
+    # rightly); the property needs one hang-up that lands mid-generation.
+    for _attempt in range(3):
+        instance = shared.provision(key)
+        prompt, completion, reserved, charged = _abandon_a_stream(shared, ws, instance)
+        if completion < 1500:
+            break
+    # Charged for the tokens that were generated before the hang-up, far below the hold.
+    assert 1 <= completion < 1500 and charged == cost(prompt, completion) < reserved / 10
+
+
+def _abandon_a_stream(
+    shared: Shared, ws: str, instance: dict[str, Any]
+) -> tuple[int, int, int, int]:
+    """Stream 1500 tokens, hang up after five; (prompt, completion, reserved, charged)."""
     with httpx2.stream(
         "POST",
         f"{shared.server.url}/v1/instances/{instance['id']}/chat/completions",
@@ -219,7 +234,7 @@ def test_an_abandoned_stream_is_charged_for_what_was_generated(shared: Shared) -
     while (
         not shared.sql(
             "SELECT COUNT(*) FROM usage_record "
-            "WHERE instance_id = :i AND outcome = 'client_closed'",
+            "WHERE instance_id = :i AND outcome IN ('client_closed', 'ok')",
             i=instance["id"],
         )[0][0]
         and time.monotonic() < deadline
@@ -231,8 +246,7 @@ def test_an_abandoned_stream_is_charged_for_what_was_generated(shared: Shared) -
         "AND l.kind = 'charge' WHERE u.instance_id = :i AND r.instance_id = :i",
         i=instance["id"],
     )
-    # Charged for the tokens that were generated before the hang-up, far below the hold.
-    assert 1 <= completion < 1500 and charged == cost(prompt, completion) < reserved / 10
+    return int(prompt), int(completion), int(reserved), int(charged)
 
 
 def test_a_crash_mid_stream_charges_nothing_twice(shared: Shared) -> None:
