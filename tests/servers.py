@@ -42,6 +42,18 @@ def vllm_env() -> dict[str, str]:
     }
 
 
+def instant_env(**knobs: str) -> dict[str, str]:
+    """Settings that make the local provider launch `tests/instant_vllm.py`, an instant
+    upstream taking vLLM's command line, instead of vLLM (for tests where vLLM itself is
+    not the point); `knobs` are its INSTANT_VLLM_* variables."""
+    return {
+        **vllm_env(),
+        "AUXEN_VLLM_COMMAND": f"{sys.executable} {REPO / 'tests' / 'instant_vllm.py'}",
+        "AUXEN_VLLM_READY_TIMEOUT_S": "60",
+        **knobs,
+    }
+
+
 @dataclass
 class AuxenServer:
     data_dir: Path
