@@ -2,9 +2,10 @@
 
 Each pass (every `AUXEN_NOTIFY_POLL_S`, in every server process):
 1. Fan-out. A notification not yet fanned out gets one delivery row per email address
-   and per webhook endpoint its workspace's preferences name; the rows and the
-   notification's `fanned_out_at` are written in one transaction, conditional on it
-   still being unset, so a notification is fanned out once whichever process gets there.
+   and per webhook endpoint (of the notification's mode) its workspace's preferences
+   name; the rows and the notification's `fanned_out_at` are written in one
+   transaction, conditional on it still being unset, so a notification is fanned out
+   once whichever process gets there.
 2. Claim. A due, pending delivery is taken by a conditional UPDATE that sets this
    process's lease (`lease_owner`, `lease_expires_at`) only if no live lease is held;
    on PostgreSQL and SQLite alike, exactly one process wins each claim.
@@ -169,9 +170,13 @@ class NotificationWorker:
                         emails.append(person.email)
             endpoints: list[str] = []
             if pref is None or pref.webhook:
+                # Endpoints are per mode: test-mode events reach test-mode endpoints only.
                 rows = (
                     await session.exec(
-                        select(WebhookEndpoint).where(col(WebhookEndpoint.workspace_id) == ws)
+                        select(WebhookEndpoint).where(
+                            col(WebhookEndpoint.workspace_id) == ws,
+                            col(WebhookEndpoint.livemode) == notification.livemode,
+                        )
                     )
                 ).all()
                 endpoints = [e.id for e in rows if e.events == "*" or event in e.events.split(",")]
