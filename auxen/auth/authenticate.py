@@ -27,9 +27,8 @@ from auxen.auth.keys import hash_key, key_matches, parse_key
 from auxen.httputil import bearer
 from auxen.store.db import Database
 from auxen.store.models import ApiKey, KeyKind, Membership, Role
-from auxen.tools.context import Caller
+from auxen.tools.context import Caller, effective_role
 from auxen.tools.errors import Unauthenticated
-from auxen.tools.permissions import effective_role
 
 log = logging.getLogger(__name__)
 

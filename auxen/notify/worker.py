@@ -29,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiosmtplib
-import httpx2
 import sqlalchemy as sa
 from sqlmodel import col, select
 
@@ -45,6 +44,7 @@ from auxen.notify.events import (
 )
 from auxen.notify.mail import email_enabled, send_email
 from auxen.notify.webhooks import Sent, post_signed
+from auxen.outbound import guarded_client, tenant_policy
 from auxen.store.db import Database
 from auxen.store.models import (
     Membership,
@@ -94,7 +94,9 @@ class NotificationWorker:
         self.db = db
         self.settings = settings
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._http = httpx2.AsyncClient(follow_redirects=False)
+        # Every delivery through the outbound guard: public addresses (or those the
+        # operator allowed), pinned to the address checked, no redirects.
+        self._http = guarded_client(tenant_policy(settings))
         self._task: asyncio.Task[None] | None = None
 
     # -- fan-out ---------------------------------------------------------------------
@@ -261,7 +263,6 @@ class NotificationWorker:
             secret,
             webhook_body(notification),
             event_id=notification.id,
-            production=self.settings.is_production,
         )
 
     async def _deliver(self, delivery: NotificationDelivery) -> None:

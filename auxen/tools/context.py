@@ -18,9 +18,23 @@ from auxen.tools.permissions import (
     INSTANCE_KEY_PERMISSIONS,
     LEAST_ROLE,
     PER_MODE,
+    RANK,
     Permission,
     role_may,
 )
+
+
+def lower(a: Role, b: Role) -> Role:
+    return a if RANK[a] <= RANK[b] else b
+
+
+def effective_role(key_role: Role, creator_role: Role | None, *, has_creator: bool) -> Role | None:
+    """What an account key may do now: the lower of its own role and its creator's
+    current role in the workspace; None (it no longer works) when its creator has left.
+    Keys with no person behind them (made by an operator command) keep their own role."""
+    if not has_creator:
+        return key_role
+    return None if creator_role is None else lower(key_role, creator_role)
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from auxen.notify import Event, EventType, notify
 from auxen.runtime import Runtime
 from auxen.store.models import ApiKey, Instance, KeyKind, Membership, Role, User
 from auxen.tools import audit
-from auxen.tools.context import Caller
+from auxen.tools.context import Caller, effective_role
 from auxen.tools.errors import InvalidArgument, NotFound, PermissionDenied
-from auxen.tools.permissions import Permission, at_least, effective_role
+from auxen.tools.permissions import Permission, at_least
 from auxen.tools.views import KeyStanding
 
 CREATOR_REMOVED = "creator_removed"

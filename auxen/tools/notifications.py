@@ -22,6 +22,7 @@ from auxen.auth.sealing import seal
 from auxen.notify.events import DEFAULTS, SECURITY_EVENTS, EventType
 from auxen.notify.mail import email_enabled
 from auxen.notify.webhooks import check_webhook_url
+from auxen.outbound import tenant_policy
 from auxen.runtime import Runtime
 from auxen.store.models import (
     NotificationAttempt,
@@ -177,7 +178,7 @@ async def set_preferences(rt: Runtime, caller: Caller, req: PreferencesRequest) 
 async def _add_endpoint(
     rt: Runtime, caller: Caller, url: str, events: list[str], *, alerts: bool
 ) -> WebhookEndpointView:
-    url = check_webhook_url(url, production=rt.settings.is_production)
+    url = check_webhook_url(url, policy=tenant_policy(rt.settings))
     secret = "whsec_" + secrets.token_urlsafe(32)
     row = WebhookEndpoint(
         workspace_id=caller.workspace_id,

@@ -12,7 +12,8 @@ member < admin < owner; each permission names the least role that holds it.
 - Owner: + deleting the workspace, transferring ownership, changing or removing admins.
 
 Account API keys carry a role and the person who made them: a key acts with the lower of
-its own role and its creator's current role in the workspace (`effective_role`), and
+its own role and its creator's current role in the workspace
+(`auxen.tools.context.effective_role`), and
 stops working when its creator leaves. OAuth grants act with the person's current
 membership role. Both are read when the key or token is checked, so a demotion or a
 removal applies at once (within the key cache's few seconds in other processes).
@@ -122,19 +123,6 @@ PER_MODE = frozenset(
 
 def at_least(role: Role, needed: Role) -> bool:
     return RANK[role] >= RANK[needed]
-
-
-def lower(a: Role, b: Role) -> Role:
-    return a if RANK[a] <= RANK[b] else b
-
-
-def effective_role(key_role: Role, creator_role: Role | None, *, has_creator: bool) -> Role | None:
-    """What an account key may do now: the lower of its own role and its creator's
-    current role in the workspace; None (it no longer works) when its creator has left.
-    Keys with no person behind them (made by an operator command) keep their own role."""
-    if not has_creator:
-        return key_role
-    return None if creator_role is None else lower(key_role, creator_role)
 
 
 def role_may(role: Role, permission: Permission) -> bool:
