@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from auxen.store.db import Database
+from auxen.store.models import Instance, InstanceState
 from tests.ledger_checks import sql
 from tests.mcp_clients import http_client
 from tests.servers import AuxenServer, instant_env, wait_for_state
@@ -343,3 +345,32 @@ def test_a_test_key_neither_sees_nor_changes_anything_live(live: Live) -> None:
         w=live.ws,
     )
     assert made[0][0] >= 1
+
+
+def test_what_acts_on_the_whole_workspace_counts_both_modes(live: Live) -> None:
+    """Deleting a workspace is live-mode only, and waits for its test-mode instances too."""
+    ws, key = live.server.workspace("both-modes@example.com")
+
+    async def add(db: Database) -> str:
+        # Another provider's instance: this server's reconciler leaves it alone.
+        instance = Instance(
+            workspace_id=ws, livemode=False, model="org/m", gpu_type="cpu", tier="dedicated",
+            provider="runpod", state=InstanceState.STOPPING, hourly_price_micros=0,
+            ttl_seconds=60, expires_at=datetime.now(UTC) + timedelta(hours=1),
+        )  # fmt: skip
+        async with db.scoped(ws) as session:
+            session.add(instance)
+            await session.commit()
+        return instance.id
+
+    async def run() -> str:
+        db = Database(live.server.database_url)
+        try:
+            return await add(db)
+        finally:
+            await db.close()
+
+    test_instance = asyncio.run(run())
+    with live.server.client(key) as http:
+        refused = http.delete("/v1/workspace", params={"confirm": ws})
+        assert refused.status_code == 409 and test_instance in refused.text, refused.text

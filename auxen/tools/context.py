@@ -100,9 +100,10 @@ class Caller:
         self, db: Database, *, both_modes: bool = False
     ) -> AsyncIterator[AsyncSession]:
         """A session that sees and writes only this caller's workspace and mode.
-        `both_modes`: a live-mode caller also sees test-mode rows (account-key management,
-        which the dashboard and live keys do for both modes); never widens a test-mode
-        caller."""
+        `both_modes`: a live-mode caller also sees test-mode rows: for account-key
+        management (the dashboard and live keys manage both modes) and for what acts on
+        the workspace as a whole (deleting it, the provider-credential checks); never
+        widens a test-mode caller."""
         mode = None if both_modes and self.livemode else self.livemode
         async with mode_scoped(db, self.workspace_id, mode) as session:
             yield session

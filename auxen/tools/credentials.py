@@ -155,7 +155,7 @@ async def _refuse_while_pods_run(rt: Runtime, caller: Caller, provider: Credenti
     under them would lose them (and leave them billing in the old account)."""
     if provider is not CredentialProvider.RUNPOD:
         return
-    async with caller.scoped(rt.db) as session:
+    async with caller.scoped(rt.db, both_modes=True) as session:  # pods of either mode
         running = (
             await session.exec(
                 select(sa.func.count())

@@ -448,7 +448,8 @@ async def delete_workspace(rt: Runtime, caller: Caller, confirm: str | None) -> 
             f"to delete this workspace, pass confirm={caller.workspace_id}", param="confirm"
         )
     ws = caller.workspace_id
-    async with caller.scoped(rt.db) as session:
+    # The workspace as a whole: instances and knowledge bases of both modes.
+    async with caller.scoped(rt.db, both_modes=True) as session:
         live = (
             await session.exec(
                 select(Instance.id).where(
