@@ -163,7 +163,7 @@ async def create_key(rt: Runtime, caller: Caller, req: CreateKeyRequest) -> tupl
                     "name": row.name,
                     "prefix": row.display_prefix,
                     "instance_id": row.instance_id,
-                    "created_by_user": caller.user_id,
+                    "created_by_user": caller.person_id,
                     "created_by_client": (caller.client_id or "")[:300] or None,
                     "created_by_key": caller.key_id,
                 },
