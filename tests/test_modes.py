@@ -121,7 +121,7 @@ def _make_live_objects(world: Live, http: Any, model: str) -> None:
     ids["webhook"] = hook.json()["id"]
     alert = http.put("/v1/alerts/webhook", json={"url": "https://localhost/live-alerts"})
     assert alert.status_code == 200, alert.text
-    ids["alert_webhook"] = alert.json()["id"]
+    ids["alert_webhook"] = alert.json()["webhook_endpoint_id"]
     sent = http.post("/v1/invites", json={"email": "invitee@example.com"})
     assert sent.status_code == 201, sent.text
     ids["invite"] = sent.json()["id"]
