@@ -269,7 +269,7 @@ class GuardedTransport(httpx2.AsyncHTTPTransport):
             raise OutboundRefused(f"{url.host} does not resolve")
         addresses: list[IPAddress] = []
         for answer in answers:
-            ip = _literal(answer)  # a scoped address ("fe80::1%eth0") does not parse
+            ip = _literal(answer)  # a scoped one ("fe80::1%eth0") is never public
             if ip is None:
                 raise OutboundRefused(f"{url.host} resolves to an unusable address")
             self.policy.check_address(ip, url.scheme, port)

@@ -128,9 +128,9 @@ def test_members_see_only_the_host_of_webhook_urls_and_delivery_targets(world: W
     see it whole, members its host only, in the endpoint list and the delivery log."""
     _, key = world.server.workspace("owner@capability.example")
     secret_path = "/services/T0CAPABILITY/B0CAPABILITY/only-for-admins"
-    hooks = WebhookReceiver()
+    receiver = WebhookReceiver()
     with world.server.client(key) as owner:
-        made = owner.post("/v1/notifications/webhooks", json={"url": hooks.url + secret_path})
+        made = owner.post("/v1/notifications/webhooks", json={"url": receiver.url + secret_path})
         assert made.status_code == 201, made.text
         keys = {
             role: owner.post("/v1/keys", json={"name": role, "role": role}).json()["key"]
@@ -154,7 +154,7 @@ def test_members_see_only_the_host_of_webhook_urls_and_delivery_targets(world: W
         mails = [d for d in log.json()["data"] if d["channel"] == "email"]
         assert hooks and all(d["host"] == "127.0.0.1" for d in hooks)
         assert mails and all(d["target"] == "capability.example" for d in mails)
-    hooks.stop()
+    receiver.stop()
 
 
 def test_a_receiver_that_never_answers_is_given_up_after_the_last_try(world: World) -> None:
