@@ -8,6 +8,7 @@ directory so a restarted dev server can still open what it sealed.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import logging
 import secrets
 import shlex
@@ -15,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,9 @@ class Settings(BaseSettings):
     kb_embeddings_url: str | None = None
     kb_embeddings_model: str | None = None
     kb_embeddings_api_key: SecretStr | None = None
+    # Networks (comma-separated CIDRs) the embeddings server may be reached on although
+    # they are not public, over plain http and on any port (see auxen/outbound.py).
+    kb_embeddings_allow_networks: str = ""
     kb_ann_threshold: int = Field(default=20_000, ge=256)
     kb_max_document_bytes: int = Field(default=8 * 1_048_576, ge=1024)
     kb_max_documents_per_kb: int = Field(default=10_000, ge=1)
@@ -166,6 +170,23 @@ class Settings(BaseSettings):
     notify_lease_s: float = Field(default=60.0, gt=0)
     notify_max_attempts: int = Field(default=6, ge=1, le=20)
     notify_backoff_s: float = Field(default=30.0, gt=0)
+
+    # Fetches to URLs someone else chose (webhooks, Client ID Metadata Documents) reach
+    # public addresses only, over https on port 443 (auxen/outbound.py). These networks
+    # (comma-separated CIDRs, e.g. "10.1.2.0/24,127.0.0.1/32") are allowed besides, on
+    # any port and over plain http: an operator's own receivers. None by default.
+    outbound_allow_networks: str = ""
+
+    @field_validator("outbound_allow_networks", "kb_embeddings_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in (p.strip() for p in value.split(",")):
+            if part:
+                try:
+                    ipaddress.ip_network(part, strict=False)
+                except ValueError:
+                    raise ValueError(f"{part!r} is not an address or a network (CIDR)") from None
+        return value
 
     @property
     def is_production(self) -> bool:

@@ -18,6 +18,10 @@ from aiosmtpd.controller import Controller
 
 from tests.servers import free_port
 
+# Receivers listen on loopback: the server reaches them only where the operator says so
+# (the outbound guard refuses every non-public address otherwise, in every environment).
+LOOPBACK_RECEIVERS = {"AUXEN_OUTBOUND_ALLOW_NETWORKS": "127.0.0.1/32"}
+
 
 @dataclass
 class Mail:

@@ -18,6 +18,8 @@ from typing import Any
 import httpx2
 
 REPO = Path(__file__).resolve().parent.parent
+# How long `auxen serve` may take to answer /health (raise it on a loaded machine).
+START_TIMEOUT_S = float(os.environ.get("AUXEN_TEST_SERVER_START_S", "60"))
 VLLM_PYTHON = Path(os.environ.get("AUXEN_TEST_VLLM_PYTHON", REPO / ".venv-vllm/bin/python"))
 
 
@@ -126,7 +128,7 @@ class AuxenServer:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"auxen serve exited:\n{self.log_path.read_text()[-3000:]}")
@@ -136,7 +138,8 @@ class AuxenServer:
             except httpx2.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("auxen serve did not become healthy in 60 s")
+        self.stop(signal.SIGKILL)  # never left running behind a failed fixture
+        raise RuntimeError(f"auxen serve did not become healthy in {START_TIMEOUT_S:.0f} s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -25,6 +25,7 @@ import pytest
 
 from tests.ledger_checks import settled_exactly, sql
 from tests.mcp_clients import error_text, http_client, structured
+from tests.notify_receivers import LOOPBACK_RECEIVERS
 from tests.servers import AuxenServer, wait_for_state
 from tests.stripe_standin import StripeStandIn, sign
 
@@ -91,6 +92,7 @@ def bank(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
                 "AUXEN_STRIPE_TEST_SECRET_KEY": TEST_SECRET,
                 "AUXEN_STRIPE_TEST_WEBHOOK_SECRET": WEBHOOK_SECRET,
                 "AUXEN_STRIPE_API_BASE": stripe.url,
+                **LOOPBACK_RECEIVERS,  # the alert webhook's receiver
             },
         )
         server.start()

@@ -26,7 +26,13 @@ from auxen.store.db import Database
 from auxen.store.models import Membership, Role, User, WebhookEndpoint, Workspace
 from tests.browsers import csrf_of, enrol_totp
 from tests.ledger_checks import sql
-from tests.notify_receivers import Inbox, WebhookReceiver, verify_signature, wait_until
+from tests.notify_receivers import (
+    LOOPBACK_RECEIVERS,
+    Inbox,
+    WebhookReceiver,
+    verify_signature,
+    wait_until,
+)
 from tests.servers import AuxenServer
 
 PASSWORD = "correct horse battery staple"
@@ -48,7 +54,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server = AuxenServer(
         root / "data",
         f"sqlite:///{root / 'data' / 'auxen.db'}",
-        extra_env={**inbox.env(), **FAST, "AUXEN_NOTIFY_MAX_ATTEMPTS": "4"},
+        extra_env={**inbox.env(), **FAST, **LOOPBACK_RECEIVERS, "AUXEN_NOTIFY_MAX_ATTEMPTS": "4"},
     ).start()
     try:
         yield World(server, inbox, hooks)
@@ -115,6 +121,40 @@ def test_a_new_key_is_told_by_email_and_by_a_signed_webhook_retried_until_it_ans
     # Another workspace sees none of it.
     _, other = world.server.workspace("someone@else.example")
     assert deliveries(world.server.client(other)) == []
+
+
+def test_members_see_only_the_host_of_webhook_urls_and_delivery_targets(world: World) -> None:
+    """A webhook URL is often a capability (a chat app's incoming hook): owners and admins
+    see it whole, members its host only, in the endpoint list and the delivery log."""
+    _, key = world.server.workspace("owner@capability.example")
+    secret_path = "/services/T0CAPABILITY/B0CAPABILITY/only-for-admins"
+    receiver = WebhookReceiver()
+    with world.server.client(key) as owner:
+        made = owner.post("/v1/notifications/webhooks", json={"url": receiver.url + secret_path})
+        assert made.status_code == 201, made.text
+        keys = {
+            role: owner.post("/v1/keys", json={"name": role, "role": role}).json()["key"]
+            for role in ("admin", "member")
+        }
+        wait_until(lambda: any(d["attempts"] for d in deliveries(owner)))
+    with world.server.client(keys["admin"]) as admin:
+        (whole,) = admin.get("/v1/notifications/webhooks").json()["data"]
+        assert whole["url"].endswith(secret_path) and whole["host"] == "127.0.0.1"
+        assert any(d["target"] == "owner@capability.example" for d in deliveries(admin))
+    with world.server.client(keys["member"]) as member:
+        listed = member.get("/v1/notifications/webhooks")
+        log = member.get("/v1/notifications/deliveries")
+        assert listed.status_code == 200 and log.status_code == 200
+        (host_only,) = listed.json()["data"]
+        assert host_only["url"] is None and host_only["host"] == "127.0.0.1"
+        for text in (listed.text, log.text):
+            assert "CAPABILITY" not in text and "only-for-admins" not in text
+            assert "owner@capability.example" not in text
+        hooks = [d for d in log.json()["data"] if d["channel"] == "webhook"]
+        mails = [d for d in log.json()["data"] if d["channel"] == "email"]
+        assert hooks and all(d["host"] == "127.0.0.1" for d in hooks)
+        assert mails and all(d["target"] == "capability.example" for d in mails)
+    receiver.stop()
 
 
 def test_a_receiver_that_never_answers_is_given_up_after_the_last_try(world: World) -> None:
@@ -234,7 +274,7 @@ def test_a_crash_between_the_event_and_its_delivery_still_delivers_once(
     server = AuxenServer(
         tmp_path / "data",
         f"sqlite:///{tmp_path / 'data' / 'auxen.db'}",
-        extra_env={**world.inbox.env(), "AUXEN_NOTIFY_POLL_S": "3600"},
+        extra_env={**world.inbox.env(), **LOOPBACK_RECEIVERS, "AUXEN_NOTIFY_POLL_S": "3600"},
     ).start()
     hooks = WebhookReceiver()
     try:
@@ -276,8 +316,9 @@ def test_two_workers_never_deliver_one_notification_twice(
 ) -> None:
     hooks = WebhookReceiver()
     settings = Settings(
-        data_dir=tmp_path, database_url=database_url, notify_poll_s=0.05, notify_backoff_s=0.1
-    )
+        data_dir=tmp_path, database_url=database_url, notify_poll_s=0.05, notify_backoff_s=0.1,
+        outbound_allow_networks=LOOPBACK_RECEIVERS["AUXEN_OUTBOUND_ALLOW_NETWORKS"],
+    )  # fmt: skip
 
     async def go() -> None:
         dbs = [Database(database_url), Database(database_url)]

@@ -1,8 +1,14 @@
 """Turning a presented bearer key into a `Caller`.
 
+An account key acts for the person who made it: the lookup reads the key and its
+creator's membership in the key's workspace together, and the caller's role is the lower
+of the two (`permissions.effective_role`); a key whose creator has left, or that was
+disabled, does not authenticate.
+
 Verified keys are cached for a few seconds so the inference hot path does not read the
-database on every request. Revoking a key or destroying its instance in this process
-drops the entry at once; other processes see it within `CACHE_TTL_S`.
+database on every request. Revoking a key, destroying its instance, or changing a
+person's role or membership in this process drops the entries at once; other processes
+see it within `CACHE_TTL_S`.
 """
 
 from __future__ import annotations
@@ -14,14 +20,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlmodel import col
+from sqlmodel import col, select
 from starlette.requests import Request
 
 from auxen.auth.keys import hash_key, key_matches, parse_key
 from auxen.httputil import bearer
 from auxen.store.db import Database
-from auxen.store.models import ApiKey
-from auxen.tools.context import Caller
+from auxen.store.models import ApiKey, KeyKind, Membership, Role
+from auxen.tools.context import Caller, effective_role
 from auxen.tools.errors import Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -48,21 +54,50 @@ class KeyAuthenticator:
             return cached[0]
         parsed = parse_key(token)
         row: ApiKey | None = None
+        creator_role: Role | None = None
         if parsed is not None:
             async with self.db.system() as session:
-                row = await session.get(ApiKey, parsed.key_id)
+                found = (
+                    await session.exec(
+                        select(ApiKey, Membership.role)
+                        .outerjoin(
+                            Membership,
+                            sa.and_(
+                                col(Membership.workspace_id) == col(ApiKey.workspace_id),
+                                col(Membership.user_id) == col(ApiKey.created_by_user_id),
+                            ),
+                        )
+                        .where(col(ApiKey.id) == parsed.key_id)
+                    )
+                ).first()
+            if found is not None:
+                row, creator_role = found[0], (Role(found[1]) if found[1] else None)
         valid = key_matches(token, row.secret_hash if row is not None else None)
         if parsed is None or row is None or not valid or row.kind is not parsed.kind:
             raise Unauthenticated("invalid API key")
         if row.revoked_at is not None:
             raise Unauthenticated("this API key has been revoked")
+        if row.disabled_at is not None:
+            raise Unauthenticated(f"this API key was disabled ({disabled_why(row)})")
+        role = row.role
+        if row.kind is KeyKind.ACCOUNT:
+            acting = effective_role(
+                row.role, creator_role, has_creator=row.created_by_user_id is not None
+            )
+            if acting is None:
+                raise Unauthenticated(
+                    "this API key was disabled (the person who created it is no longer in "
+                    "the workspace)"
+                )
+            role = acting
         caller = Caller(
             workspace_id=row.workspace_id,
             livemode=row.livemode,
             key_id=row.id,
             key_kind=row.kind,
             instance_id=row.instance_id,
-            role=row.role,
+            key_creator_id=row.created_by_user_id,
+            role=role,
         )
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -114,6 +149,16 @@ class KeyAuthenticator:
 
     async def close(self) -> None:
         await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+DISABLED_REASONS = {
+    "creator_removed": "the person who created it was removed from the workspace",
+}
+
+
+def disabled_why(key: ApiKey) -> str:
+    reason = key.disabled_reason or ""
+    return DISABLED_REASONS.get(reason, reason or "disabled")
 
 
 def with_origin(caller: Caller, request: Request) -> Caller:

@@ -21,6 +21,7 @@ import httpx2
 import numpy as np
 import numpy.typing as npt
 
+from auxen.outbound import OutboundPolicy, OutboundRefused, Resolver, guarded_client
 from auxen.tools.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -102,14 +103,30 @@ class MiniLM:
 
 
 class OpenAIEmbeddings:
-    """An OpenAI-compatible `POST {base_url}/embeddings` server."""
+    """An OpenAI-compatible `POST {base_url}/embeddings` server, reached through the
+    outbound guard (`auxen.outbound`): a public address (https, or http on port 80), or
+    one in `AUXEN_KB_EMBEDDINGS_ALLOW_NETWORKS`; pinned to the checked address; no
+    redirects (the API key goes nowhere else)."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None, batch_size: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None,
+        batch_size: int,
+        policy: OutboundPolicy,
+        resolver: Resolver | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = model
         self.batch_size = batch_size
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(120.0, connect=5.0))
+        self._http = guarded_client(
+            policy,
+            resolver=resolver,
+            headers=headers,
+            timeout=httpx2.Timeout(120.0, connect=5.0),
+        )
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         parts = []
@@ -124,6 +141,11 @@ class OpenAIEmbeddings:
                 vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
             except (httpx2.HTTPError, ValueError, KeyError, TypeError) as exc:
                 log.warning("embeddings server failed: %s", type(exc).__name__)
+                if isinstance(exc, OutboundRefused):
+                    raise Unavailable(
+                        f"the embeddings server (AUXEN_KB_EMBEDDINGS_URL) is not allowed: {exc}"
+                        " (see AUXEN_KB_EMBEDDINGS_ALLOW_NETWORKS)"
+                    ) from None
                 raise Unavailable(
                     "the embeddings server (AUXEN_KB_EMBEDDINGS_URL) is not answering "
                     "correctly; try again later"

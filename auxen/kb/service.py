@@ -12,6 +12,7 @@ from auxen.kb.chunking import Chunker, load_tokenizer
 from auxen.kb.embeddings import MiniLM, OpenAIEmbeddings, Vectors, minilm_dir
 from auxen.kb.retrieval import fuse
 from auxen.kb.store import ChunkStore, Hit
+from auxen.outbound import embeddings_policy
 
 ATTACHMENTS_TTL_S = 5.0
 CANDIDATES_PER_LIST = 20  # each search's list length before fusion
@@ -29,6 +30,7 @@ class KnowledgeEngine:
                 settings.kb_embeddings_model or "sentence-transformers/all-MiniLM-L6-v2",
                 key.get_secret_value() if key else None,
                 settings.kb_embed_batch_size,
+                embeddings_policy(settings),
             )
         else:
             self.embedder = MiniLM(settings.kb_embed_batch_size)

@@ -23,6 +23,7 @@ class EventType(enum.StrEnum):
     MFA_ENABLED = "mfa_enabled"
     MFA_DISABLED = "mfa_disabled"
     API_KEY_CREATED = "api_key_created"
+    API_KEYS_DISABLED = "api_keys_disabled"  # their creator left the workspace
     OAUTH_CLIENT_AUTHORIZED = "oauth_client_authorized"
     SECURITY_INCIDENT = "security_incident"  # posted by an operator
 
@@ -34,6 +35,7 @@ SECURITY_EVENTS = frozenset(
         EventType.MFA_ENABLED,
         EventType.MFA_DISABLED,
         EventType.API_KEY_CREATED,
+        EventType.API_KEYS_DISABLED,
         EventType.OAUTH_CLIENT_AUTHORIZED,
         EventType.SECURITY_INCIDENT,
     }
@@ -50,6 +52,7 @@ SUBJECTS: dict[EventType, str] = {
     EventType.MFA_ENABLED: "Two-factor authentication turned on",
     EventType.MFA_DISABLED: "Two-factor authentication turned off",
     EventType.API_KEY_CREATED: "New API key {key_id}",
+    EventType.API_KEYS_DISABLED: "{count} API key(s) disabled: their creator left the workspace",
     EventType.OAUTH_CLIENT_AUTHORIZED: "New app authorized: {client_name}",
     EventType.SECURITY_INCIDENT: "Security notice: {title}",
 }

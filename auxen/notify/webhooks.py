@@ -4,11 +4,15 @@ Deliveries are signed like Stripe's: `Auxen-Signature: t=<unix time>,v1=<hex
 HMAC-SHA256 of "<t>.<body>" under the endpoint's secret>`. A receiver checks the HMAC
 and that `t` is recent (replays of old deliveries fail), and uses `Auxen-Event-Id` to
 ignore a retry of an event it already handled.
+
+Where they may point is the outbound guard's rule (`auxen.outbound`), the same in every
+environment: https to a public address on port 443, or an address in a network the
+operator allowed (`AUXEN_OUTBOUND_ALLOW_NETWORKS`). A URL is checked when it is set and
+every delivery connects only to an address checked for it then.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import time
@@ -17,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from auxen.auth.oauth.cimd import public_address
+from auxen.outbound import OutboundPolicy, OutboundRefused
 from auxen.tools.errors import InvalidArgument
 
 TIMEOUT_S = 10.0
@@ -29,33 +33,21 @@ def signature(secret: str, body: bytes, timestamp: int | None = None) -> str:
     return f"t={t},v1={mac}"
 
 
-def check_webhook_url(url: str, *, production: bool) -> str:
-    """An https URL (or, outside production, http on loopback) without credentials."""
-    parts = urlsplit(url)
-    loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if (
-        len(url) > 2000
-        or not parts.hostname
-        or parts.username is not None
-        or not (parts.scheme == "https" or (loopback and not production))
-    ):
-        raise InvalidArgument(
-            "url must be an https URL without credentials (http on loopback only in development)",
-            param="url",
-        )
-    return url
-
-
-async def reaches_only_public_addresses(url: str) -> bool:
-    """The webhook's host resolves to public addresses only (no requests into the
-    deployment's own network). A rebinding between this check and the POST is possible;
-    the body carries ids and kinds only."""
-    parts = urlsplit(url)
+def check_webhook_url(url: str, *, policy: OutboundPolicy) -> str:
+    """An https URL to a public host (or an address the operator allowed), without
+    credentials or a fragment."""
+    parts = urlsplit(url) if isinstance(url, str) else None
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, parts.port or 443)
-    except OSError:
-        return False
-    return bool(infos) and all(public_address(str(info[4][0])) for info in infos)
+        if parts is None or len(url) > 2000 or parts.fragment:
+            raise OutboundRefused("too long, or with a fragment")
+        policy.check_url(url)
+    except (OutboundRefused, ValueError) as exc:
+        raise InvalidArgument(
+            f"url must be an https URL to a public host, without credentials ({exc}); "
+            "plain http or private addresses only where the operator allowed them",
+            param="url",
+        ) from None
+    return url
 
 
 @dataclass(frozen=True)
@@ -72,11 +64,10 @@ async def post_signed(
     body: bytes,
     *,
     event_id: str,
-    production: bool,
 ) -> Sent:
-    """One signed POST; any 2xx is delivered. Never raises for the receiver's faults."""
-    if production and not await reaches_only_public_addresses(url):
-        return Sent(False, None, "the URL resolves to a private address; not sent")
+    """One signed POST through `http`, a client of the outbound guard
+    (`auxen.outbound.guarded_client`); any 2xx is delivered. Never raises for the
+    receiver's faults."""
     try:
         reply = await http.post(
             url,
@@ -89,6 +80,8 @@ async def post_signed(
             },
             timeout=TIMEOUT_S,
         )
+    except OutboundRefused as exc:
+        return Sent(False, None, f"not sent: {exc}")
     except httpx2.HTTPError as exc:
         return Sent(False, None, f"{type(exc).__name__}: could not reach the endpoint")
     if 200 <= reply.status_code < 300:

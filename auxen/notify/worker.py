@@ -2,9 +2,10 @@
 
 Each pass (every `AUXEN_NOTIFY_POLL_S`, in every server process):
 1. Fan-out. A notification not yet fanned out gets one delivery row per email address
-   and per webhook endpoint its workspace's preferences name; the rows and the
-   notification's `fanned_out_at` are written in one transaction, conditional on it
-   still being unset, so a notification is fanned out once whichever process gets there.
+   and per webhook endpoint (of the notification's mode) its workspace's preferences
+   name; the rows and the notification's `fanned_out_at` are written in one
+   transaction, conditional on it still being unset, so a notification is fanned out
+   once whichever process gets there.
 2. Claim. A due, pending delivery is taken by a conditional UPDATE that sets this
    process's lease (`lease_owner`, `lease_expires_at`) only if no live lease is held;
    on PostgreSQL and SQLite alike, exactly one process wins each claim.
@@ -28,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiosmtplib
-import httpx2
 import sqlalchemy as sa
 from sqlmodel import col, select
 
@@ -44,6 +44,7 @@ from auxen.notify.events import (
 )
 from auxen.notify.mail import email_enabled, send_email
 from auxen.notify.webhooks import Sent, post_signed
+from auxen.outbound import guarded_client, tenant_policy
 from auxen.store.db import Database
 from auxen.store.models import (
     Membership,
@@ -93,7 +94,9 @@ class NotificationWorker:
         self.db = db
         self.settings = settings
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._http = httpx2.AsyncClient(follow_redirects=False)
+        # Every delivery through the outbound guard: public addresses (or those the
+        # operator allowed), pinned to the address checked, no redirects.
+        self._http = guarded_client(tenant_policy(settings))
         self._task: asyncio.Task[None] | None = None
 
     # -- fan-out ---------------------------------------------------------------------
@@ -169,9 +172,13 @@ class NotificationWorker:
                         emails.append(person.email)
             endpoints: list[str] = []
             if pref is None or pref.webhook:
+                # Endpoints are per mode: test-mode events reach test-mode endpoints only.
                 rows = (
                     await session.exec(
-                        select(WebhookEndpoint).where(col(WebhookEndpoint.workspace_id) == ws)
+                        select(WebhookEndpoint).where(
+                            col(WebhookEndpoint.workspace_id) == ws,
+                            col(WebhookEndpoint.livemode) == notification.livemode,
+                        )
                     )
                 ).all()
                 endpoints = [e.id for e in rows if e.events == "*" or event in e.events.split(",")]
@@ -256,7 +263,6 @@ class NotificationWorker:
             secret,
             webhook_body(notification),
             event_id=notification.id,
-            production=self.settings.is_production,
         )
 
     async def _deliver(self, delivery: NotificationDelivery) -> None:

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from auxen.httputil import read_json_body
 from auxen.runtime import Runtime
-from auxen.store.models import Instance, InstanceState
+from auxen.store.models import ApiKey, Instance, InstanceState
 from auxen.tools import instances, keys, usage
 from auxen.tools.context import Caller
 from auxen.tools.errors import InvalidArgument, parse_model
@@ -71,7 +71,11 @@ class RestApi:
         caller = await self._caller(request)
         req = parse_model(keys.CreateKeyRequest, await self._body(request))
         row, plaintext = await keys.create_key(self.rt, caller, req)
-        return JSONResponse({**key_view(row), "key": plaintext}, status_code=201)
+        return JSONResponse({**await self._key(caller, row), "key": plaintext}, status_code=201)
+
+    async def _key(self, caller: Caller, row: ApiKey) -> dict[str, Any]:
+        standing = await keys.standings(self.rt, caller, [row])
+        return key_view(row, standing[row.id])
 
     async def create_instance_key(self, request: Request) -> Response:
         caller = await self._caller(request)
@@ -79,18 +83,19 @@ class RestApi:
         data["instance_id"] = request.path_params["id"]
         req = parse_model(keys.CreateKeyRequest, data)
         row, plaintext = await keys.create_key(self.rt, caller, req)
-        return JSONResponse({**key_view(row), "key": plaintext}, status_code=201)
+        return JSONResponse({**await self._key(caller, row), "key": plaintext}, status_code=201)
 
     async def list_keys(self, request: Request) -> Response:
         caller = await self._caller(request)
         include = request.query_params.get("include_revoked", "false").lower() == "true"
         rows = await keys.list_keys(self.rt, caller, include_revoked=include)
-        return JSONResponse({"object": "list", "data": [key_view(k) for k in rows]})
+        standing = await keys.standings(self.rt, caller, rows)
+        return JSONResponse({"object": "list", "data": [key_view(k, standing[k.id]) for k in rows]})
 
     async def revoke_key(self, request: Request) -> Response:
         caller = await self._caller(request)
         row = await keys.revoke_key(self.rt, caller, request.path_params["id"])
-        return JSONResponse(key_view(row))
+        return JSONResponse(await self._key(caller, row))
 
     # -- usage -----------------------------------------------------------------------
 

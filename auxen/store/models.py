@@ -172,9 +172,19 @@ class ApiKey(TenantScoped, SQLModel, table=True):
     secret_hash: bytes = Field(sa_column=sa.Column(sa.LargeBinary(32), nullable=False))
     # What an account key may do (see tools.permissions); instance keys only infer.
     role: Role = Field(default=Role.MEMBER, sa_column=sa.Column(EnumText(Role), nullable=False))
+    # The person it was made by (and acts for: an account key never does more than its
+    # creator's current role allows, and stops when they leave), and how it was made:
+    # person (the dashboard), api_key (by another key of that person), agent (OAuth),
+    # init (`auxen init`, for the owner it makes), operator, migration (backfilled).
+    created_by_user_id: str | None = Field(default=None, index=True, max_length=32)
+    created_via: str = Field(default="api_key", max_length=16)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     last_used_at: datetime | None = Field(default=None, sa_column=_ts())
     revoked_at: datetime | None = Field(default=None, sa_column=_ts())
+    # Set when the key stopped working without being revoked, and why
+    # ("creator_removed": its creator left the workspace).
+    disabled_at: datetime | None = Field(default=None, sa_column=_ts())
+    disabled_reason: str | None = Field(default=None, max_length=64)
 
 
 class Instance(TenantScoped, SQLModel, table=True):
@@ -668,6 +678,10 @@ class WebhookEndpoint(TenantScoped, SQLModel, table=True):
 
     id: str = Field(default_factory=lambda: new_id("whe"), primary_key=True, max_length=32)
     workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
+    # Per mode, like Stripe's: test-mode events go to test-mode endpoints only.
+    livemode: bool = Field(
+        default=True, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.true())
+    )
     url: str = Field(max_length=2000)
     secret_sealed: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
     events: str = Field(default="*", max_length=1000)

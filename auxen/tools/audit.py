@@ -235,7 +235,7 @@ async def list_audit_events(
     caller.require(Permission.AUDIT_READ)
     if not 1 <= limit <= 500:
         raise InvalidArgument("limit must be between 1 and 500", param="limit")
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         query = select(AuditEvent).order_by(
             col(AuditEvent.created_at).desc(), col(AuditEvent.id).desc()
         )

@@ -91,7 +91,7 @@ async def get_balance(rt: Runtime, caller: Caller) -> BalanceView:
     ws, live = caller.workspace_id, caller.livemode
     balance = await rt.ledger.balance(ws, live)
     now = datetime.now(UTC)
-    async with rt.db.scoped(ws) as session:
+    async with caller.scoped(rt.db) as session:
         rows = (
             await session.exec(select(SpendingCap).where(col(SpendingCap.livemode) == live))
         ).all()
@@ -147,7 +147,7 @@ async def set_spending_cap(rt: Runtime, caller: Caller, req: CapRequest) -> Bala
     if req.scope is CapScope.INSTANCE:
         if not req.instance_id:
             raise InvalidArgument("an instance cap needs instance_id", param="instance_id")
-        async with rt.db.scoped(caller.workspace_id) as session:
+        async with caller.scoped(rt.db) as session:
             found = await session.get(Instance, req.instance_id)
         if found is None or found.livemode != caller.livemode:
             raise NotFound(f"no instance {req.instance_id} in this workspace", param="instance_id")
@@ -175,7 +175,7 @@ async def set_spending_cap(rt: Runtime, caller: Caller, req: CapRequest) -> Bala
 async def set_cap(
     rt: Runtime, caller: Caller, scope: CapScope, amount_micros: int, *, subject: str = ""
 ) -> None:
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         existing = (
             await session.exec(
                 select(SpendingCap).where(
@@ -199,7 +199,7 @@ async def set_cap(
 
 
 async def remove_cap(rt: Runtime, caller: Caller, scope: CapScope, *, subject: str = "") -> None:
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         await session.exec(
             sa.delete(SpendingCap).where(
                 col(SpendingCap.livemode) == caller.livemode,
@@ -224,7 +224,7 @@ async def list_ledger(
     if not 1 <= limit <= 500 or offset < 0:
         raise InvalidArgument("limit must be 1-500 and offset not negative", param="limit")
     kinds = [k.value for k in STATEMENT_KINDS]
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         where = (col(LedgerEntry.livemode) == caller.livemode, col(LedgerEntry.kind).in_(kinds))
         total = (
             await session.exec(select(sa.func.count()).select_from(LedgerEntry).where(*where))

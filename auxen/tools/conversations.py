@@ -225,7 +225,7 @@ async def list_conversations(
     if not 1 <= limit <= 1000:
         raise InvalidArgument("limit must be between 1 and 1000", param="limit")
     instance = await get_instance(rt, caller, instance_id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         rows = (
             await session.exec(
                 select(Conversation)
@@ -241,7 +241,7 @@ async def delete_conversation(rt: Runtime, caller: Caller, conversation_id: str)
     """Delete a conversation and every turn it kept; repeating it is a NotFound."""
     caller.require(Permission.CONVERSATIONS)
     row = await _conversation(rt, caller.workspace_id, caller.livemode, conversation_id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         await session.exec(
             sa.delete(ConversationTurn).where(col(ConversationTurn.conversation_id) == row.id)
         )

@@ -89,7 +89,7 @@ async def set_credential(
     await _refuse_while_pods_run(rt, caller, provider)
     master = rt.settings.master_key_bytes
     now = datetime.now(UTC)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         row = (
             await session.exec(
                 select(ProviderCredential).where(col(ProviderCredential.provider) == provider)
@@ -119,7 +119,7 @@ async def set_credential(
 
 async def list_credentials(rt: Runtime, caller: Caller) -> list[CredentialView]:
     caller.require(Permission.PROVIDER_CREDENTIALS)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         rows = (
             await session.exec(
                 select(ProviderCredential).order_by(col(ProviderCredential.provider))
@@ -131,7 +131,7 @@ async def list_credentials(rt: Runtime, caller: Caller) -> list[CredentialView]:
 async def delete_credential(rt: Runtime, caller: Caller, provider_name: str) -> None:
     caller.require(Permission.PROVIDER_CREDENTIALS)
     provider = parse_provider(provider_name)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         row = (
             await session.exec(
                 select(ProviderCredential).where(col(ProviderCredential.provider) == provider)
@@ -155,7 +155,7 @@ async def _refuse_while_pods_run(rt: Runtime, caller: Caller, provider: Credenti
     under them would lose them (and leave them billing in the old account)."""
     if provider is not CredentialProvider.RUNPOD:
         return
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db, both_modes=True) as session:  # pods of either mode
         running = (
             await session.exec(
                 select(sa.func.count())

@@ -25,7 +25,7 @@ from auxen.tools import billing as caps
 from auxen.tools.billing import usd_to_micros
 from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, InvalidArgument, NotFound, OverBudget
-from auxen.tools.keys import new_key_row
+from auxen.tools.keys import made_by, new_key_row
 from auxen.tools.permissions import Permission
 
 # A Hugging Face repo id (`org/name`, or a bare name).
@@ -202,11 +202,12 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
         await caps.remove_cap(rt, caller, CapScope.INSTANCE, subject=instance.id)
         raise
     try:
-        async with rt.db.scoped(caller.workspace_id) as session:
+        async with caller.scoped(rt.db) as session:
             session.add(instance)
             _, plaintext = new_key_row(
                 session, caller.workspace_id, KeyKind.INSTANCE,
                 livemode=caller.livemode, name="default", instance_id=instance.id,
+                maker=made_by(caller),
             )  # fmt: skip
             await session.commit()
     except IntegrityError:
@@ -230,7 +231,7 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
 async def _replay(
     rt: Runtime, caller: Caller, req: ProvisionRequest, gpu_type: str, ttl: int
 ) -> Provisioned | None:
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         existing = (
             await session.exec(
                 select(Instance).where(col(Instance.idempotency_key) == req.idempotency_key)
@@ -262,6 +263,7 @@ async def _replay(
                 _, plaintext = new_key_row(
                     session, caller.workspace_id, KeyKind.INSTANCE,
                     livemode=existing.livemode, name="default", instance_id=existing.id,
+                    maker=made_by(caller),
                 )  # fmt: skip
                 await session.commit()
                 for key in keys:
@@ -274,7 +276,7 @@ async def get_instance(rt: Runtime, caller: Caller, instance_id: str) -> Instanc
         caller.require(Permission.INSTANCES_READ)
     if caller.instance_id is not None and caller.instance_id != instance_id:
         raise NotFound(f"no instance {instance_id}", param="instance_id")
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         instance = await session.get(Instance, instance_id)
     if instance is None or instance.livemode != caller.livemode:
         raise NotFound(
@@ -297,7 +299,7 @@ async def list_instances(
         raise InvalidArgument("limit must be between 1 and 1000", param="limit")
     if offset < 0:
         raise InvalidArgument("offset must not be negative", param="offset")
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         query = (
             select(Instance)
             .where(col(Instance.livemode) == caller.livemode)
@@ -315,7 +317,7 @@ async def count_instances(
 ) -> int:
     """How many instances the workspace has (in this mode), in `states` if given."""
     caller.require(Permission.INSTANCES_READ)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         query = (
             select(sa.func.count())
             .select_from(Instance)

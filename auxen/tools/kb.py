@@ -125,7 +125,7 @@ def documents_from_inputs(inputs: Sequence[DocumentInput]) -> list[NewDocument]:
 
 async def _load_kb(rt: Runtime, caller: Caller, kb_id: str) -> KnowledgeBase:
     caller.require(Permission.KNOWLEDGE)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         kb = await session.get(KnowledgeBase, kb_id)
     if kb is None or kb.livemode != caller.livemode:
         raise NotFound(f"no knowledge base {kb_id[:64]}", param="knowledge_base_id")
@@ -134,7 +134,7 @@ async def _load_kb(rt: Runtime, caller: Caller, kb_id: str) -> KnowledgeBase:
 
 async def _views(rt: Runtime, caller: Caller, kbs: list[KnowledgeBase]) -> list[KnowledgeBaseView]:
     ids = [kb.id for kb in kbs]
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         counts = {
             row[0]: (int(row[1]), int(row[2]))
             for row in (
@@ -180,7 +180,7 @@ async def create_knowledge_base(
         chunk_overlap_tokens=rt.settings.kb_chunk_overlap_tokens,
     )
     try:
-        async with rt.db.scoped(caller.workspace_id) as session:
+        async with caller.scoped(rt.db) as session:
             existing = (
                 await session.exec(select(sa.func.count()).select_from(KnowledgeBase))
             ).one()
@@ -202,7 +202,7 @@ async def create_knowledge_base(
 
 async def list_knowledge_bases(rt: Runtime, caller: Caller) -> list[KnowledgeBaseView]:
     caller.require(Permission.KNOWLEDGE)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         kbs = (
             await session.exec(
                 select(KnowledgeBase)
@@ -222,7 +222,7 @@ async def delete_knowledge_base(rt: Runtime, caller: Caller, kb_id: str) -> Know
     kb = await _load_kb(rt, caller, kb_id)
     view = (await _views(rt, caller, [kb]))[0]
     await rt.kb.store.drop(caller.workspace_id, kb.id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         for table in (KbAttachment, KbDocument):
             await session.exec(sa.delete(table).where(col(table.knowledge_base_id) == kb.id))
         await session.exec(sa.delete(KnowledgeBase).where(col(KnowledgeBase.id) == kb.id))
@@ -312,7 +312,7 @@ async def add_documents(
     in the knowledge base is not added again: its existing row comes back, marked."""
     kb = await _load_kb(rt, caller, kb_id)
     read = await _read_all(rt, caller, docs)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         held = (
             await session.exec(
                 select(sa.func.count())
@@ -347,13 +347,13 @@ async def add_documents(
     except BaseException:
         for row_id in ids:
             await rt.kb.store.delete_document(ws, kb.id, row_id)
-        async with rt.db.scoped(ws) as session:
+        async with caller.scoped(rt.db) as session:
             await session.exec(sa.delete(KbDocument).where(col(KbDocument.id).in_(ids)))
             await session.commit()
         raise
     finally:
         _ingesting.difference_update(ids)
-    async with rt.db.scoped(ws) as session:
+    async with caller.scoped(rt.db) as session:
         for (row, _), chunks in zip(claimed, counts, strict=True):
             await session.exec(
                 sa.update(KbDocument)
@@ -373,7 +373,7 @@ async def _claim(
     the knowledge base, the existing one (True). A row left `ingesting` by a crash is
     claimed again."""
     ws = caller.workspace_id
-    async with rt.db.scoped(ws) as session:
+    async with caller.scoped(rt.db) as session:
         existing = (
             await session.exec(
                 select(KbDocument)
@@ -408,7 +408,7 @@ _ingesting: set[str] = set()
 
 async def list_documents(rt: Runtime, caller: Caller, kb_id: str) -> list[DocumentView]:
     kb = await _load_kb(rt, caller, kb_id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         docs = (
             await session.exec(
                 select(KbDocument)
@@ -423,14 +423,14 @@ async def delete_document(
     rt: Runtime, caller: Caller, kb_id: str, document_id: str
 ) -> DocumentView:
     kb = await _load_kb(rt, caller, kb_id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         doc = await session.get(KbDocument, document_id)
     if doc is None or doc.knowledge_base_id != kb.id:
         raise NotFound(
             f"no document {document_id[:64]} in knowledge base {kb.id}", param="document_id"
         )
     await rt.kb.store.delete_document(caller.workspace_id, kb.id, doc.id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         await session.exec(sa.delete(KbDocument).where(col(KbDocument.id) == doc.id))
         await session.commit()
     return _document_view(doc)
@@ -467,7 +467,7 @@ async def attach_knowledge_base(
     caller.require(Permission.KNOWLEDGE)
     instance = await _live_instance(rt, caller, instance_id)
     kb = await _load_kb(rt, caller, kb_id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         rows = (
             await session.exec(
                 select(KbAttachment).where(col(KbAttachment.instance_id) == instance.id)
@@ -501,7 +501,7 @@ async def detach_knowledge_base(
     is deleted (the knowledge base itself stays)."""
     caller.require(Permission.KNOWLEDGE)
     instance = await get_instance(rt, caller, instance_id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         row = (
             await session.exec(
                 select(KbAttachment)
@@ -523,7 +523,7 @@ async def detach_knowledge_base(
 async def list_attachments(rt: Runtime, caller: Caller, instance_id: str) -> list[AttachmentView]:
     caller.require(Permission.KNOWLEDGE)
     instance = await get_instance(rt, caller, instance_id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         rows = (
             await session.exec(
                 select(KbAttachment)
@@ -539,7 +539,7 @@ async def attachments_of_knowledge_base(
 ) -> list[AttachmentView]:
     """The instances a knowledge base is attached to."""
     kb = await _load_kb(rt, caller, kb_id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         rows = (
             await session.exec(
                 select(KbAttachment)

@@ -5,7 +5,10 @@ Rules (see tools.permissions for the table): admins invite (up to admin), promot
 members and remove members; only the owner changes or removes an admin; nobody removes
 the owner, who hands ownership to another member first. Removing someone ends at once
 what let them in: their membership, their agents' OAuth tokens and consents for the
-workspace, and their signed-in browsers.
+workspace, their signed-in browsers, and the account keys they made (disabled, audited,
+and told to the owners). A role change (or an ownership transfer) applies at once to
+the person's agents and to the account keys they made, which act with the lower of their
+own role and their creator's.
 
 An invitation is a single-use link `/invite/<token>`: the token is 256 random bits, stored
 only as SHA-256; it expires (AUXEN_INVITE_TTL_S) and an admin can revoke it. Accepting it
@@ -46,6 +49,7 @@ from auxen.tools import audit
 from auxen.tools.accounts import normalise_email
 from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+from auxen.tools.keys import CREATOR_REMOVED, DisabledKey, disable_keys_made_by
 from auxen.tools.permissions import Permission, at_least, role_may
 from auxen.tools.views import _iso
 
@@ -115,7 +119,7 @@ def invite_view(invite: Invite, url: str | None = None) -> InviteView:
 
 async def list_members(rt: Runtime, caller: Caller) -> list[MemberView]:
     caller.require(Permission.MEMBERS_READ)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         rows = (
             await session.exec(
                 select(Membership, User.email)
@@ -138,7 +142,7 @@ class RoleChange(BaseModel):
 
 
 async def _membership(rt: Runtime, caller: Caller, user_id: str) -> Membership:
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         found = (
             await session.exec(select(Membership).where(col(Membership.user_id) == user_id[:32]))
         ).first()
@@ -161,11 +165,13 @@ async def change_role(rt: Runtime, caller: Caller, user_id: str, req: RoleChange
         elif not at_least(caller.role, req.role):
             raise PermissionDenied("nobody can grant a role above their own", param="role")
     before = member.role
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         await session.exec(
             sa.update(Membership).where(col(Membership.id) == member.id).values(role=req.role)
         )
         await session.commit()
+    # Their keys act with their new role: at once here, within the cache's seconds elsewhere.
+    rt.auth.forget_workspace(caller.workspace_id)
     if before is not req.role:
         await audit.record_for(
             rt, caller, "member.role_change", target_type="user", target_id=member.user_id,
@@ -186,37 +192,49 @@ async def remove_member(rt: Runtime, caller: Caller, user_id: str) -> MemberView
     if member.role is Role.ADMIN:
         caller.require(Permission.ADMINS_MANAGE)
     view = next(m for m in await list_members(rt, caller) if m.user_id == member.user_id)
-    await end_access(rt.db, caller.workspace_id, member.user_id)
+    disabled = await end_access(rt.db, caller.workspace_id, member.user_id)
+    rt.auth.forget_workspace(caller.workspace_id)
     await audit.record_for(
         rt, caller, "member.remove", target_type="user", target_id=member.user_id,
-        detail={"role": member.role.value},
+        detail={"role": member.role.value, "keys_disabled": len(disabled)},
     )  # fmt: skip
+    for key in disabled:
+        await audit.record_for(
+            rt, caller, "key.disable", target_type="api_key", target_id=key.id,
+            detail={"reason": CREATOR_REMOVED, "user_id": member.user_id,
+                    "livemode": key.livemode},
+        )  # fmt: skip
     return view
 
 
-async def end_access(db: Database, workspace_id: str, user_id: str) -> None:
-    """Delete the membership, revoke the person's OAuth tokens and consents for the
-    workspace, and sign out every browser they have (sessions are per person)."""
+async def end_access(db: Database, workspace_id: str, user_id: str) -> list[DisabledKey]:
+    """In one transaction: delete the membership, revoke the person's OAuth tokens and
+    consents for the workspace, sign out every browser they have (sessions are per
+    person), and disable the account keys they made (the owners are told). Returns the
+    keys it disabled."""
     now = datetime.now(UTC)
-    async with db.engine.begin() as conn:
-        await conn.execute(
+    async with db.system() as session:
+        await session.exec(
             sa.delete(Membership).where(
                 col(Membership.workspace_id) == workspace_id, col(Membership.user_id) == user_id
             )
         )
-        await conn.execute(
+        await session.exec(
             sa.update(OAuthToken)
             .where(col(OAuthToken.workspace_id) == workspace_id)
             .where(col(OAuthToken.user_id) == user_id, col(OAuthToken.revoked_at).is_(None))
             .values(revoked_at=now)
         )
         for table in (OAuthConsent, OAuthCode):
-            await conn.execute(
+            await session.exec(
                 sa.delete(table).where(
                     col(table.workspace_id) == workspace_id, col(table.user_id) == user_id
                 )
             )
-        await conn.execute(sa.delete(WebSession).where(col(WebSession.user_id) == user_id))
+        await session.exec(sa.delete(WebSession).where(col(WebSession.user_id) == user_id))
+        disabled = await disable_keys_made_by(session, workspace_id, user_id, now)
+        await session.commit()
+    return disabled
 
 
 # -- invitations -------------------------------------------------------------------
@@ -241,7 +259,7 @@ async def create_invite(rt: Runtime, caller: Caller, req: InviteRequest) -> Invi
     if not at_least(caller.role, req.role):
         raise PermissionDenied("nobody can invite with a role above their own", param="role")
     email = normalise_email(req.email)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         already = (
             await session.exec(
                 select(Membership.id)
@@ -265,7 +283,7 @@ async def create_invite(rt: Runtime, caller: Caller, req: InviteRequest) -> Invi
     )
     if caller.user_id is not None and caller.client_id is None:
         invite.invited_by = await _email_of(rt.db, caller.user_id)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         session.add(invite)
         await session.commit()
     await audit.record_for(
@@ -283,7 +301,7 @@ async def _email_of(db: Database, user_id: str) -> str:
 
 async def list_invites(rt: Runtime, caller: Caller) -> list[InviteView]:
     caller.require(Permission.MEMBERS_MANAGE)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         rows = (
             await session.exec(select(Invite).order_by(col(Invite.created_at).desc()).limit(200))
         ).all()
@@ -292,7 +310,7 @@ async def list_invites(rt: Runtime, caller: Caller) -> list[InviteView]:
 
 async def revoke_invite(rt: Runtime, caller: Caller, invite_id: str) -> InviteView:
     caller.require(Permission.MEMBERS_MANAGE)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         invite = await session.get(Invite, invite_id[:32])
         if invite is None:
             raise NotFound(f"no invite {invite_id[:32]}", param="invite_id")
@@ -398,7 +416,7 @@ async def transfer_ownership(rt: Runtime, caller: Caller, req: TransferRequest) 
     target = await _membership(rt, caller, req.user_id)
     if target.role is Role.OWNER:
         raise Conflict("this member already owns the workspace", param="user_id")
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         await session.exec(
             sa.update(Membership).where(col(Membership.role) == Role.OWNER).values(role=Role.ADMIN)
         )
@@ -406,6 +424,8 @@ async def transfer_ownership(rt: Runtime, caller: Caller, req: TransferRequest) 
             sa.update(Membership).where(col(Membership.id) == target.id).values(role=Role.OWNER)
         )
         await session.commit()
+    # The former owner's owner-role keys now act as admin (the lower of the two roles).
+    rt.auth.forget_workspace(caller.workspace_id)
     await audit.record_for(
         rt, caller, "workspace.transfer", target_type="user", target_id=target.user_id
     )
@@ -428,7 +448,8 @@ async def delete_workspace(rt: Runtime, caller: Caller, confirm: str | None) -> 
             f"to delete this workspace, pass confirm={caller.workspace_id}", param="confirm"
         )
     ws = caller.workspace_id
-    async with rt.db.scoped(ws) as session:
+    # The workspace as a whole: instances and knowledge bases of both modes.
+    async with caller.scoped(rt.db, both_modes=True) as session:
         live = (
             await session.exec(
                 select(Instance.id).where(

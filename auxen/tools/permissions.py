@@ -11,10 +11,19 @@ member < admin < owner; each permission names the least role that holds it.
   own provider credentials (BYOK).
 - Owner: + deleting the workspace, transferring ownership, changing or removing admins.
 
-Account API keys carry a role (never above their creator's); OAuth grants act with the
-person's current membership role, read when the token is checked, so a demotion or a
-removal applies at once. Instance keys (`auxk_`) only ever reach their own instance's
-inference endpoint.
+Account API keys carry a role and the person who made them: a key acts with the lower of
+its own role and its creator's current role in the workspace
+(`auxen.tools.context.effective_role`), and
+stops working when its creator leaves. OAuth grants act with the person's current
+membership role. Both are read when the key or token is checked, so a demotion or a
+removal applies at once (within the key cache's few seconds in other processes).
+Instance keys (`auxk_`) only ever reach their own instance's inference endpoint.
+
+Modes: a test-mode caller (an `auxen_test_` key, the dashboard's test switch) uses only
+the permissions whose objects are kept per mode (`PER_MODE`), and then sees and changes
+test-mode objects only (its sessions are mode-scoped, see `auxen.store.modes`). The rest
+act on the workspace as a whole (its people, audit log, provider accounts, where
+notifications go) and are refused to test-mode callers. docs/roles.md has the table.
 """
 
 from __future__ import annotations
@@ -43,9 +52,11 @@ class Permission(enum.StrEnum):
     BUY_CREDITS = "buy_credits"  # buy_credits (Stripe Checkout)
     AUDIT_READ = "audit:read"  # list_audit_events
     LEDGER_READ = "ledger:read"  # list_ledger (the statement on the billing page)
-    NOTIFICATIONS_READ = "notifications:read"  # preferences, webhook endpoints, deliveries
+    NOTIFICATIONS_READ = "notifications:read"  # webhook endpoints, deliveries
     CONVERSATIONS = "conversations"  # get/list/delete kept conversations (history: true)
-    NOTIFICATIONS_MANAGE = "notifications:manage"  # change them
+    NOTIFICATIONS_MANAGE = "notifications:manage"  # add/delete webhook endpoints
+    PREFERENCES_READ = "notification_preferences:read"  # where each event goes
+    PREFERENCES_MANAGE = "notification_preferences:manage"  # change that
     PROVIDER_CREDENTIALS = "provider_credentials"  # BYOK: list/set/delete (never read back)
     ADMINS_MANAGE = "admins:manage"  # change an admin's role, remove an admin
     OWNERSHIP_TRANSFER = "ownership:transfer"  # transfer_ownership
@@ -72,6 +83,8 @@ LEAST_ROLE: dict[Permission, Role] = {
     Permission.NOTIFICATIONS_READ: Role.MEMBER,
     Permission.CONVERSATIONS: Role.MEMBER,
     Permission.NOTIFICATIONS_MANAGE: Role.ADMIN,
+    Permission.PREFERENCES_READ: Role.MEMBER,
+    Permission.PREFERENCES_MANAGE: Role.ADMIN,
     Permission.PROVIDER_CREDENTIALS: Role.ADMIN,
     Permission.ADMINS_MANAGE: Role.OWNER,
     Permission.OWNERSHIP_TRANSFER: Role.OWNER,
@@ -80,6 +93,32 @@ LEAST_ROLE: dict[Permission, Role] = {
 
 # What an instance key may do besides nothing: query its own instance (and read it).
 INSTANCE_KEY_PERMISSIONS = frozenset({Permission.QUERY})
+
+# Permissions whose objects are kept per mode (instances and their keys, usage,
+# conversations, knowledge bases; account keys; the ledger, caps and alerts; webhook
+# endpoints and what was delivered to them) or that touch no object (the catalog): a
+# test-mode caller may use them, on test-mode objects only. Every other permission acts
+# on the workspace as a whole and is live-mode only.
+PER_MODE = frozenset(
+    {
+        Permission.CATALOG_READ,
+        Permission.INSTANCES_READ,
+        Permission.INSTANCES_WRITE,
+        Permission.INSTANCE_KEYS,
+        Permission.QUERY,
+        Permission.KNOWLEDGE,
+        Permission.USAGE_READ,
+        Permission.BALANCE_READ,
+        Permission.ACCOUNT_KEYS,
+        Permission.CAPS,
+        Permission.ALERT_WEBHOOK,
+        Permission.BUY_CREDITS,
+        Permission.LEDGER_READ,
+        Permission.NOTIFICATIONS_READ,
+        Permission.NOTIFICATIONS_MANAGE,
+        Permission.CONVERSATIONS,
+    }
+)
 
 
 def at_least(role: Role, needed: Role) -> bool:

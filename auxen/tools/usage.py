@@ -41,7 +41,7 @@ async def get_usage(
     caller.require(Permission.USAGE_READ)
     await rt.usage.flush()  # read-your-writes: calls this process just metered count
     now = datetime.now(UTC)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         instances_q = select(Instance).where(col(Instance.livemode) == caller.livemode)
         if instance_id is not None:
             instances_q = instances_q.where(col(Instance.id) == instance_id)
@@ -159,7 +159,7 @@ async def usage_breakdown(rt: Runtime, caller: Caller, *, days: int) -> UsageBre
     first = datetime.now(UTC).date() - timedelta(days=days - 1)
     since = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
     use_day, charge_day = sa.func.date(UsageRecord.created_at), sa.func.date(LedgerEntry.created_at)
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         used = (
             await session.exec(  # type: ignore[call-overload]  # five columns: Core select
                 sa.select(
@@ -232,7 +232,7 @@ async def charged_by_instance(
     caller.require(Permission.USAGE_READ)
     if not instance_ids:
         return {}
-    async with rt.db.scoped(caller.workspace_id) as session:
+    async with caller.scoped(rt.db) as session:
         rows = await session.exec(
             select(LedgerEntry.instance_id, sa.func.sum(LedgerEntry.amount_micros))
             .where(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from auxen.store.models import ApiKey, Instance, InstanceState, KeyKind, as_utc
+from auxen.store.models import ApiKey, Instance, InstanceState, KeyKind, Role, as_utc
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -110,16 +111,37 @@ class UsageSummary(BaseModel):
     instances: list[InstanceUsage]
 
 
-def key_view(key: ApiKey) -> dict[str, Any]:
+@dataclass(frozen=True)
+class KeyStanding:
+    """Where a key stands now: who made it, what it may do, and whether it works."""
+
+    created_by: str | None  # the creator's email (their id if they have no user row)
+    effective_role: Role | None  # None: an instance key, or one that no longer works
+    status: Literal["active", "revoked", "disabled"]
+    why: str | None  # why it is disabled
+
+
+def key_view(key: ApiKey, standing: KeyStanding | None = None) -> dict[str, Any]:
+    """`role` is what the key was made with; `effective_role` what it may do now (the
+    lower of that and its creator's current role)."""
     return {
         "id": key.id,
         "object": "api_key",
         "kind": key.kind.value,
         "role": key.role.value if key.kind is KeyKind.ACCOUNT else None,
+        "effective_role": standing.effective_role.value
+        if standing and standing.effective_role
+        else None,
         "livemode": key.livemode,
         "instance_id": key.instance_id,
         "name": key.name,
         "prefix": key.display_prefix,
+        "created_by_user_id": key.created_by_user_id,
+        "created_by": standing.created_by if standing else None,
+        "created_via": key.created_via,
+        "status": standing.status if standing else None,
+        "disabled_at": _iso(key.disabled_at),
+        "disabled_reason": standing.why if standing else key.disabled_reason,
         "created_at": _iso(key.created_at),
         "last_used_at": _iso(key.last_used_at),
         "revoked_at": _iso(key.revoked_at),

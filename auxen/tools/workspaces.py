@@ -9,7 +9,7 @@ from sqlmodel import col, select
 from auxen.runtime import Runtime
 from auxen.store.models import KeyKind, Membership, Role, User, Workspace
 from auxen.tools.errors import InvalidArgument
-from auxen.tools.keys import new_key_row
+from auxen.tools.keys import KeyMaker, new_key_row
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ async def create_workspace(
         session.add(Membership(workspace_id=workspace.id, user_id=user.id, role=Role.OWNER))
         _, plaintext = new_key_row(
             session, workspace.id, KeyKind.ACCOUNT, livemode=livemode, name="first key",
-            role=Role.OWNER,
+            role=Role.OWNER, maker=KeyMaker(user.id, "init"),
         )  # fmt: skip
         await session.commit()
     return NewWorkspace(workspace, user, plaintext)

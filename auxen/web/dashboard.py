@@ -324,9 +324,11 @@ class Dashboard:
             self.rt, visit.caller, kind=KeyKind.ACCOUNT, livemode=visit.livemode,
             include_revoked=True, limit=200,
         )  # fmt: skip
+        standing = await keys.standings(self.rt, visit.caller, rows)
         return self._render(
-            request, visit, "dashboard/keys.html", status=status, keys=rows, **context
-        )
+            request, visit, "dashboard/keys.html", status=status,
+            keys=[(k, standing[k.id]) for k in rows], **context,
+        )  # fmt: skip
 
     async def keys(self, request: Request) -> Response:
         return await self._page(request, lambda visit: self._keys_page(request, visit))

@@ -2,26 +2,28 @@
 by the JSON document at that URL, fetched here with guards against server-side request
 forgery.
 
-The guards: https only, no credentials or fragment in the URL; the host name is resolved
-once and every address must be public (no private, loopback, link-local, reserved or
-multicast ranges); the connection goes to that resolved address (so a second DNS answer
-cannot redirect it inward), with TLS verified for the host name; no redirects; 5 KB and
-10 s at most; results cached for five minutes.
+The guards: https only, no credentials or fragment in the URL; the fetch goes through
+the outbound guard (`auxen.outbound`): every address the host resolves to must be public
+(see `public_address` there for the ranges), port 443, and the connection goes to the
+address that was checked (so a second DNS answer cannot redirect it inward), with TLS
+verified for the host name; no redirects; 5 KB and 10 s at most; results cached for five
+minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import socket
-import ssl
 import time
 from urllib.parse import urlsplit
 
+import httpx2
 from mcp.server.auth.provider import RegistrationError
 from mcp.shared.auth import OAuthClientInformationFull
 from pydantic import ValidationError
+
+from auxen.outbound import OutboundPolicy, guarded_client
+from auxen.outbound import public_address as public_address  # the one classification
 
 MAX_BYTES = 5 * 1024
 TIMEOUT_S = 10.0
@@ -52,13 +54,6 @@ def check_url(url: str) -> tuple[str, int, str]:
         parts.port or 443,
         parts.path + (f"?{parts.query}" if parts.query else ""),
     )
-
-
-def public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
 
 
 def client_from_document(url: str, raw: bytes) -> OAuthClientInformationFull:
@@ -93,8 +88,18 @@ def client_from_document(url: str, raw: bytes) -> OAuthClientInformationFull:
 
 
 class DocumentFetcher:
-    def __init__(self) -> None:
+    def __init__(self, policy: OutboundPolicy | None = None) -> None:
         self._cache: dict[str, tuple[OAuthClientInformationFull | None, float]] = {}
+        self._http = guarded_client(
+            policy or OutboundPolicy(),
+            timeout=TIMEOUT_S,
+            # Identity only: the 5 KB bound is on the bytes received, never inflated ones.
+            headers={
+                "Accept": "application/json",
+                "Accept-Encoding": "identity",
+                "User-Agent": "auxen-cimd",
+            },
+        )
 
     async def client(self, url: str) -> OAuthClientInformationFull | None:
         """The client the document at `url` describes, or None if it is not acceptable."""
@@ -106,7 +111,7 @@ class DocumentFetcher:
             client: OAuthClientInformationFull | None = client_from_document(
                 url, await asyncio.wait_for(self._fetch(url), TIMEOUT_S)
             )
-        except (DocumentError, OSError, TimeoutError, ssl.SSLError, ValueError):
+        except (DocumentError, httpx2.HTTPError, OSError, TimeoutError, ValueError):
             client = None
         if len(self._cache) > 1000:
             self._cache.clear()
@@ -114,31 +119,16 @@ class DocumentFetcher:
         return client
 
     async def _fetch(self, url: str) -> bytes:
-        host, port, path = check_url(url)
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = [str(info[4][0]) for info in infos]
-        if not addresses or not all(public_address(a) for a in addresses):
-            raise DocumentError(f"{host} resolves to a non-public address")
-        reader, writer = await asyncio.open_connection(
-            addresses[0], port, ssl=ssl.create_default_context(), server_hostname=host
-        )
-        try:
-            writer.write(
-                f"GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n"
-                "User-Agent: auxen-cimd\r\n\r\n".encode()
-            )
-            await writer.drain()
-            raw = b""
-            while chunk := await reader.read(4096):
-                raw += chunk
-                if len(raw) > MAX_BYTES + 8192:  # the body's limit plus room for headers
+        check_url(url)
+        async with self._http.stream("GET", url) as reply:
+            if reply.status_code != 200:
+                raise DocumentError(f"the client_id document answered {reply.status_code}")
+            body = b""
+            async for chunk in reply.aiter_raw():
+                body += chunk
+                if len(body) > MAX_BYTES:
                     raise DocumentError("the client_id document is larger than 5 KB")
-        finally:
-            writer.close()
-        head, _, body = raw.partition(b"\r\n\r\n")
-        status = head.split(b" ", 2)[1] if b" " in head else b""
-        if status != b"200":
-            raise DocumentError(f"the client_id document answered {status.decode()!r}")
-        if len(body) > MAX_BYTES:
-            raise DocumentError("the client_id document is larger than 5 KB")
         return body
+
+    async def close(self) -> None:
+        await self._http.aclose()

@@ -32,6 +32,7 @@ from auxen.auth.oauth import ACCESS_PREFIX, DEFAULT_SCOPES, REFRESH_PREFIX, reso
 from auxen.auth.oauth.cimd import DocumentFetcher, is_document_url
 from auxen.auth.sealing import SealedTokens
 from auxen.config import Settings
+from auxen.outbound import tenant_policy
 from auxen.store.db import Database
 from auxen.store.ids import new_id
 from auxen.store.models import OAuthClient, OAuthCode, OAuthConsent, OAuthToken, as_utc
@@ -88,7 +89,7 @@ class OAuthProvider:
         self.settings = settings
         self.resource = resource_url(settings.base_url)
         self._requests = SealedTokens(settings.master_key_bytes, "oauth authorization requests")
-        self.documents = DocumentFetcher()
+        self.documents = DocumentFetcher(tenant_policy(settings))
 
     # -- clients ---------------------------------------------------------------------
 
