@@ -126,7 +126,8 @@ class AuxenServer:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
+        # Generous: on two cores shared by many test runs, start-up can take a minute.
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"auxen serve exited:\n{self.log_path.read_text()[-3000:]}")
@@ -136,7 +137,8 @@ class AuxenServer:
             except httpx2.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("auxen serve did not become healthy in 60 s")
+        self.stop(signal.SIGKILL)  # never leave a server nobody will stop
+        raise RuntimeError("auxen serve did not become healthy in 180 s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
