@@ -179,7 +179,23 @@ class AuthorizationServer:
 
     async def authorize(self, request: Request) -> Response:
         """The SDK's authorize, with `iss` added to every redirect back to the client
-        (RFC 9207), errors included."""
+        (RFC 9207), errors included. RFC 8707 lets a request name several resources;
+        the SDK reads one, so when any of several is not this server's, it is the one
+        the SDK is given (and refuses with `invalid_target`)."""
+        params = request.query_params if request.method == "GET" else await request.form()
+        named = [v for v in params.getlist("resource") if isinstance(v, str)]
+        foreign = [v for v in named if not same_resource(v, self.provider.resource)]
+        if len(named) > 1 and foreign:
+            kept = [(k, v) for k, v in params.multi_items() if k != "resource"]
+            query = urlencode(
+                [(k, v) for k, v in kept if isinstance(v, str)] + [("resource", foreign[0])]
+            )
+            if request.method == "GET":
+                request = Request(
+                    {**request.scope, "query_string": query.encode()}, request.receive
+                )
+            else:
+                request = _replayed(request, query, "application/x-www-form-urlencoded")
         response = await self._authorize.handle(request)
         location = response.headers.get("location")
         if location and not location.startswith(f"{self.base_url}/oauth/consent"):
@@ -255,8 +271,8 @@ class AuthorizationServer:
 
     async def _token_after_checks(self, request: Request) -> Response:
         form = await request.form()
-        requested = form.get("resource")
-        if isinstance(requested, str) and requested:
+        named = [v for v in form.getlist("resource") if isinstance(v, str) and v]
+        if named:
             bound: str | None = None
             if form.get("grant_type") == "authorization_code":
                 row = await self.provider.code_row(str(form.get("code") or ""))
@@ -265,11 +281,12 @@ class AuthorizationServer:
                 # RFC 8707 section 2.2: a refresh may only name the resource the grant is for.
                 refresh = await self.provider.refresh_row(str(form.get("refresh_token") or ""))
                 bound = refresh.resource if refresh else None
-            if bound is not None and not same_resource(requested, bound):
+            wrong = [v for v in named if bound is not None and not same_resource(v, bound)]
+            if wrong:
                 return JSONResponse(
                     {
                         "error": "invalid_target",
-                        "error_description": f"this grant is for {bound}, not {requested}",
+                        "error_description": f"this grant is for {bound}, not {wrong[0][:200]}",
                     },
                     status_code=400,
                 )
