@@ -89,6 +89,16 @@ class Settings(BaseSettings):
     oauth_idle_client_ttl_s: int = Field(default=90 * 24 * 3600, ge=1)
     oauth_registrations_per_hour: int = Field(default=30, ge=1)
 
+    # Sign-up. A new account proves its email address (a link sent to it) before it can
+    # buy credits, invite anyone, make account keys or connect an agent, and sign-up
+    # answers alike whether or not the address already has an account (its owner gets
+    # an email instead). On by default in production; a deployment without mail can
+    # turn it off (then sign-up signs people in at once, and says when an address is
+    # taken). Sign-ups are limited per email address and per client address.
+    email_verification: bool | None = None
+    signups_per_email_per_hour: int = Field(default=5, ge=1)
+    signups_per_address_per_hour: int = Field(default=20, ge=1)
+
     # Billing. GPU time is reserved and charged one window (tick) at a time; instances are
     # destroyed after this long without a query unless they ask otherwise; a per-token
     # query without max_tokens is reserved (and capped) at this many.
@@ -191,6 +201,11 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def requires_email_proof(self) -> bool:
+        """Whether new accounts must confirm their email address (see email_verification)."""
+        return self.is_production if self.email_verification is None else self.email_verification
 
     @property
     def base_url(self) -> str:

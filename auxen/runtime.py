@@ -46,6 +46,12 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         settings.master_key_bytes  # noqa: B018  (fail fast in production without a key)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.requires_email_proof and not settings.smtp_host:
+            log.warning(
+                "new accounts must confirm their email address, but no AUXEN_SMTP_HOST is "
+                "set, so no confirmation link can be sent: set one, or turn the rule off "
+                "with AUXEN_EMAIL_VERIFICATION=false"
+            )
         db = Database(settings.resolved_database_url, role=settings.database_role or None)
         provider = build_provider(settings)
         auth = KeyAuthenticator(db)

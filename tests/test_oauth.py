@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import httpx2
 import pytest
@@ -36,7 +36,7 @@ from auxen.store.db import Database
 from auxen.store.models import OAuthClient
 from tests.browsers import csrf_of, enrol_totp
 from tests.ledger_checks import sql
-from tests.mcp_clients import error_text, structured
+from tests.mcp_clients import INITIALIZE, error_text, structured
 from tests.servers import AuxenServer, free_port, sqlite_server
 
 PASSWORD = "a passphrase for oauth tests"
@@ -65,6 +65,7 @@ class Person:
         """Follow /authorize to the consent page, answer it; the redirect's parameters."""
         step = self.http.get(authorization_url)
         assert step.status_code in (302, 303, 307), step.text
+        assert "/oauth/consent?" in step.headers["location"], step.headers["location"]
         page = self.http.get(step.headers["location"])
         assert page.status_code == 200, page.text
         assert "Allow" in page.text and "127.0.0.1:53682" in page.text
@@ -110,10 +111,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuxenServer]:
         yield srv
 
 
-def sdk_client(server: AuxenServer, person: Person, storage: MemoryStorage) -> Client:
+def sdk_client(
+    server: AuxenServer,
+    person: Person,
+    storage: MemoryStorage,
+    *,
+    mode: str = "auto",
+    seen: list[httpx2.Request] | None = None,
+    authorizations: list[str] | None = None,
+) -> Client:
+    """The SDK client with its OAuth provider; `seen` collects every request it sends,
+    `authorizations` every authorization URL it sends the person to."""
     answers: list[dict[str, str]] = []
 
     async def redirect_handler(url: str) -> None:
+        if authorizations is not None:
+            authorizations.append(url)
         answers.append(await asyncio.to_thread(person.consent, url))
 
     async def callback_handler() -> AuthorizationCodeResult:
@@ -135,8 +148,13 @@ def sdk_client(server: AuxenServer, person: Person, storage: MemoryStorage) -> C
         redirect_handler=redirect_handler,
         callback_handler=callback_handler,
     )
-    http = httpx2.AsyncClient(auth=auth, timeout=60)
-    return Client(streamable_http_client(f"{server.url}/mcp", http_client=http))
+
+    async def record(request: httpx2.Request) -> None:
+        if seen is not None:
+            seen.append(request)
+
+    http = httpx2.AsyncClient(auth=auth, timeout=60, event_hooks={"request": [record]})
+    return Client(streamable_http_client(f"{server.url}/mcp", http_client=http), mode=mode)
 
 
 async def test_an_agent_signs_in_with_nothing_but_the_url(server: AuxenServer) -> None:
@@ -173,10 +191,27 @@ def test_metadata_is_exact(server: AuxenServer) -> None:
 # -- the rules, one by one, with a hand-driven client ------------------------------------
 
 
+def somewhere() -> dict[str, str]:
+    """Headers that make a request come from an address of its own (the server believes
+    X-Forwarded-For from loopback, as from a reverse proxy)."""
+    return {"X-Forwarded-For": f"198.18.{secrets.randbelow(256)}.{secrets.randbelow(256)}"}
+
+
 class Flow:
-    def __init__(self, server: AuxenServer, person: Person, scope: str | None = None) -> None:
+    """A client driven by hand. It registers and calls the token endpoint from an address
+    of its own (X-Forwarded-For, which the server believes from loopback), so what one
+    test's refused requests count against never slows another's."""
+
+    def __init__(
+        self,
+        server: AuxenServer,
+        person: Person,
+        scope: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self.server = server
         self.person = person
+        self.where = somewhere()
         reply = httpx2.post(
             f"{server.url}/register",
             json={
@@ -184,10 +219,13 @@ class Flow:
                 "redirect_uris": [REDIRECT],
                 "token_endpoint_auth_method": "none",
                 "grant_types": ["authorization_code", "refresh_token"],
+                **(metadata or {}),
             },
+            headers=self.where,
         )
         assert reply.status_code == 201, reply.text
         self.client_id = reply.json()["client_id"]
+        self.client_secret: str | None = reply.json().get("client_secret")
         self.verifier = secrets.token_urlsafe(48)
         self.challenge = (
             base64.urlsafe_b64encode(hashlib.sha256(self.verifier.encode()).digest())
@@ -215,8 +253,19 @@ class Flow:
         assert answer["state"] == "st-123" and answer["iss"] == self.server.url
         return answer["code"]
 
+    def code_again(self, **overrides: str) -> str:
+        """A code from the consent the person already gave (no page shown)."""
+        step = self.person.http.get(self.authorize_url(**overrides))
+        back = self.person.http.get(step.headers["location"])
+        assert back.status_code == 303 and back.headers["location"].startswith(REDIRECT)
+        return parse_qs(urlsplit(back.headers["location"]).query)["code"][0]
+
     def token(self, **form: str) -> httpx2.Response:
-        return httpx2.post(f"{self.server.url}/token", data={"client_id": self.client_id, **form})
+        return httpx2.post(
+            f"{self.server.url}/token",
+            data={"client_id": self.client_id, **form},
+            headers=self.where,
+        )
 
     def exchange(self, code: str, **overrides: str) -> httpx2.Response:
         form = {
@@ -748,3 +797,416 @@ def test_conformance_suite_authorization_scenarios(
     assert all(c["status"] in ("SUCCESS", "INFO") for c in checks), [
         (c["id"], c["status"], c.get("errorMessage")) for c in checks
     ]
+
+
+# -- tokens bound to their resource (RFC 8707), and consent that covers exactly ----------
+
+
+def _error_redirect(reply: httpx2.Response) -> dict[str, list[str]]:
+    """The query of an error sent back to the client (never via the consent page)."""
+    assert reply.status_code in (302, 303), reply.text
+    location = reply.headers["location"]
+    assert location.startswith(REDIRECT) and "/oauth/consent" not in location, location
+    return parse_qs(urlsplit(location).query)
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "https://other.example/mcp",
+        "http://127.0.0.1:1/mcp",  # another server on this host
+        "{url}",  # this server, but not its MCP endpoint
+        "{url}/mcp/elsewhere",
+        "{url}/v1",
+    ],
+)
+def test_authorize_refuses_a_token_for_another_resource(
+    server: AuxenServer, person: Person, resource: str
+) -> None:
+    flow = Flow(server, person, scope="instances:read")
+    # Even once the person has allowed this client (a remembered consent skips the page).
+    flow.exchange(flow.code())
+    foreign = resource.format(url=server.url)
+    answer = _error_redirect(person.http.get(flow.authorize_url(resource=foreign)))
+    assert answer["error"] == ["invalid_target"] and "code" not in answer
+    assert answer["iss"] == [server.url] and answer["state"] == ["st-123"]
+    # Named beside this server's own (RFC 8707 allows several): refused all the same.
+    both = flow.authorize_url() + "&" + urlencode({"resource": foreign})
+    assert _error_redirect(person.http.get(both))["error"] == ["invalid_target"]
+    # Its own resource, spelled with a trailing slash, is the same resource.
+    same = person.http.get(flow.authorize_url(resource=f"{server.url}/mcp/"))
+    again = person.http.get(same.headers["location"])
+    assert again.status_code == 303 and "code=" in again.headers["location"]
+
+
+def test_consent_names_the_resource_and_covers_exactly_what_was_allowed(
+    server: AuxenServer, person: Person
+) -> None:
+    other = "http://127.0.0.1:53682/other-callback"
+    flow = Flow(server, person, "instances:read", {"redirect_uris": [REDIRECT, other]})
+    step = person.http.get(flow.authorize_url())
+    page = person.http.get(step.headers["location"])
+    assert page.status_code == 200 and f"<code>{server.url}/mcp</code>" in page.text
+    tokens = flow.exchange(flow.code()).json()
+    # Same client, same scopes, but another registered redirect URI: asked again.
+    elsewhere = person.http.get(flow.authorize_url(redirect_uri=other))
+    shown = person.http.get(elsewhere.headers["location"])
+    assert shown.status_code == 200 and "Allow" in shown.text, shown.headers
+    # A server with another public URL on the same database (its resource is its own
+    # /mcp): the consent given here does not cover it, and nothing issued here works there.
+    twin = AuxenServer(server.data_dir, server.database_url).start()
+    try:
+        at_twin = flow.authorize_url(resource=f"{twin.url}/mcp")
+        asked = person.http.get(at_twin.replace(server.url, twin.url, 1))
+        assert asked.status_code == 302, asked.text
+        there = person.http.get(asked.headers["location"])
+        assert there.status_code == 200 and f"<code>{twin.url}/mcp</code>" in there.text
+        refreshed = httpx2.post(
+            f"{twin.url}/token",
+            headers=flow.where,
+            data={"client_id": flow.client_id, "grant_type": "refresh_token",
+                  "refresh_token": tokens["refresh_token"]},
+        )  # fmt: skip
+        assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+        code = flow.code_again()
+        spent_there = httpx2.post(
+            f"{twin.url}/token",
+            headers=flow.where,
+            data={"client_id": flow.client_id, "grant_type": "authorization_code",
+                  "code": code, "redirect_uri": REDIRECT, "code_verifier": flow.verifier},
+        )  # fmt: skip
+        assert spent_there.status_code == 400 and spent_there.json()["error"] == "invalid_grant"
+    finally:
+        twin.stop()
+    # The refused attempts changed nothing here: the code and refresh token still work.
+    assert flow.exchange(code).status_code == 200
+    # A refresh may name the grant's own resource, and no other.
+    fresh = flow.exchange(flow.code_again()).json()
+    wrong = flow.token(grant_type="refresh_token", refresh_token=fresh["refresh_token"],
+                       resource="https://other.example/mcp")  # fmt: skip
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_target"
+    also = httpx2.post(
+        f"{server.url}/token", headers=flow.where,
+        data={"client_id": flow.client_id, "grant_type": "refresh_token",
+              "refresh_token": fresh["refresh_token"],
+              "resource": [f"{server.url}/mcp", "https://other.example/mcp"]},
+    )  # fmt: skip
+    assert also.status_code == 400 and also.json()["error"] == "invalid_target"
+    right = flow.token(grant_type="refresh_token", refresh_token=fresh["refresh_token"],
+                       resource=f"{server.url}/mcp")  # fmt: skip
+    assert right.status_code == 200, right.text
+
+
+# -- redirect URIs and everything else a client registers -----------------------------
+
+
+def _client_count(server: AuxenServer) -> int:
+    return int(sql(server.database_url, "SELECT COUNT(*) FROM oauth_client")[0][0])
+
+
+@pytest.mark.parametrize(
+    ("metadata", "field"),
+    [
+        ({"redirect_uris": ["https://trusted.example@attacker.example/cb"]}, "redirect_uris"),
+        ({"redirect_uris": ["https://user:pw@app.example/cb"]}, "redirect_uris"),
+        ({"redirect_uris": ["https://app.example/cb#"]}, "redirect_uris"),
+        ({"redirect_uris": ["https://app.example\\@attacker.example/cb"]}, "redirect_uris"),
+        ({"redirect_uris": ["http://app.example/cb"]}, "redirect_uris"),
+        ({"redirect_uris": ["http://127.0.0.1.attacker.example/cb"]}, "redirect_uris"),
+        ({"redirect_uris": ["ftp://app.example/cb"]}, "redirect_uris"),
+        ({"redirect_uris": ["https://app.example:99999/cb"]}, "redirect_uris"),
+        ({"redirect_uris": ["https://app.example/" + "a" * 2100]}, "redirect_uris"),
+        ({"redirect_uris": [f"https://app{i}.example/cb" for i in range(11)]}, "redirect_uris"),
+        ({"client_name": "n" * 201}, "client_name"),
+        ({"client_name": "Agent\nApproved by Auxen"}, "client_name"),
+        ({"contacts": [f"c{i}@example.com" for i in range(11)]}, "contacts"),
+        ({"contacts": ["c" * 400 + "@example.com"]}, "contacts"),
+        ({"grant_types": ["authorization_code"] + [f"g{i}" for i in range(10)]}, "grant_types"),
+        ({"response_types": ["code", "r" * 200]}, "response_types"),
+        ({"scope": "instances:read " * 50}, "scope"),
+        ({"logo_uri": "https://app.example/" + "l" * 2100}, "logo_uri"),
+        ({"software_id": "s" * 300}, "software_id"),
+        ({"jwks": {"keys": [{"kty": "oct", "k": "x" * 5000}]}}, "jwks"),
+    ],
+)
+def test_registration_bounds_every_field(
+    server: AuxenServer, metadata: dict[str, Any], field: str
+) -> None:
+    before = _client_count(server)
+    body = {"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none", **metadata}
+    reply = httpx2.post(f"{server.url}/register", json=body, headers=somewhere())
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"] in ("invalid_client_metadata", "invalid_redirect_uri")
+    assert field in reply.json()["error_description"] and reply.json()["field"] == field
+    assert _client_count(server) == before
+
+
+def test_a_huge_registration_is_a_clear_400_and_stores_nothing(server: AuxenServer) -> None:
+    before = _client_count(server)
+    body = json.dumps(
+        {
+            "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "none",
+            "client_name": "x" * 20_000_000,
+        }
+    )
+    try:
+        reply = httpx2.post(
+            f"{server.url}/register",
+            content=body,
+            headers={"Content-Type": "application/json", **somewhere()},
+            timeout=120,
+        )
+    except httpx2.TransportError:
+        pytest.fail("the server dropped the connection instead of answering")
+    # 400 naming the limit from the registration itself; 413 if a body-size limit in
+    # front of every endpoint refuses it first. Either way a JSON error, and no client.
+    assert reply.status_code in (400, 413), reply.text
+    if reply.status_code == 400:
+        assert reply.json()["error"] == "invalid_client_metadata"
+        assert "16384 bytes" in reply.json()["error_description"]
+    assert reply.json()["error"]
+    assert _client_count(server) == before
+    # A real client's registration, with every field in bounds, still works.
+    ok = httpx2.post(
+        f"{server.url}/register",
+        json={"redirect_uris": [REDIRECT, "https://app.example:8443/cb"],
+              "client_name": "n" * 200, "contacts": ["ops@app.example"],
+              "token_endpoint_auth_method": "none", "logo_uri": "https://app.example/l.png"},
+        headers=somewhere(),
+    )  # fmt: skip
+    assert ok.status_code == 201, ok.text
+
+
+def test_stored_clients_are_held_to_todays_redirect_rules(
+    server: AuxenServer, person: Person
+) -> None:
+    """A registration stored before the rules (written straight into the database) can
+    no longer send anyone to a userinfo URI; the consent page shows the real host."""
+    tricky = "https://trusted.example@attacker.example/cb"
+    client_id = secrets.token_hex(8)
+    info = {"client_id": client_id, "client_name": "Old Client",
+            "redirect_uris": [tricky, "https://app.example:8443/cb"],
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"]}  # fmt: skip
+
+    async def insert() -> None:
+        db = Database(server.database_url)
+        try:
+            async with db.system() as session:
+                session.add(OAuthClient(id=client_id, info_json=json.dumps(info)))
+                await session.commit()
+        finally:
+            await db.close()
+
+    asyncio.run(insert())
+    flow = Flow(server, person)
+    flow.client_id = client_id
+    refused = person.http.get(flow.authorize_url(redirect_uri=tricky))
+    assert refused.status_code == 400 and "location" not in refused.headers
+    allowed = person.http.get(flow.authorize_url(redirect_uri="https://app.example:8443/cb"))
+    page = person.http.get(allowed.headers["location"])
+    assert page.status_code == 200 and "<code>app.example:8443</code>" in page.text
+
+
+def test_redirect_uri_rules_and_the_host_they_show() -> None:
+    from auxen.auth.oauth.redirect_uris import RedirectUriError, check_redirect_uri, display_host
+
+    for good in ("https://app.example/cb", "https://app.example:8443/cb?x=1",
+                 "http://127.0.0.1:53682/callback", "http://[::1]/cb",
+                 "http://localhost:8080/cb", "https://192.0.2.7/cb"):  # fmt: skip
+        check_redirect_uri(good)
+    for bad in ("https://trusted.example@attacker.example/cb", "https://@attacker.example/",
+                "https://a.example/cb#", "https://a.example/c b", "https://a.example/\u00e9",
+                "https:///cb", "http://10.0.0.1/cb", "javascript:alert(1)",
+                "https://-bad-.example/cb", "https://a.example:0x50/cb"):  # fmt: skip
+        with pytest.raises(RedirectUriError):
+            check_redirect_uri(bad)
+    assert display_host("https://trusted.example@attacker.example/cb") == "attacker.example"
+    assert display_host("http://[::1]:8080/cb") == "[::1]:8080"
+    assert display_host("https://App.Example/cb") == "app.example"
+
+
+def test_client_id_documents_are_bounded_like_registrations() -> None:
+    from auxen.auth.oauth import cimd
+
+    url = "https://agent.example.com/oauth/client.json"
+    good = {"client_id": url, "client_name": "Agent", "redirect_uris": ["https://a.example/cb"]}
+    for bad in (
+        {**good, "redirect_uris": ["https://trusted.example@attacker.example/cb"]},
+        {**good, "redirect_uris": ["https://a.example/cb#frag"]},
+        {**good, "client_name": "n" * 201},
+        {**good, "contacts": ["x@a.example"] * 11},
+        {**good, "redirect_uris": [f"https://a{i}.example/cb" for i in range(11)]},
+    ):
+        with pytest.raises(cimd.DocumentError):
+            cimd.client_from_document(url, json.dumps(bad).encode())
+
+
+# -- scopes: ask for anything Auxen supports, get what the person consents to ------------
+
+
+def test_any_client_may_ask_for_any_supported_scope(server: AuxenServer, person: Person) -> None:
+    flow = Flow(server, person, "instances:read billing", {"scope": "instances:read"})
+    step = person.http.get(flow.authorize_url())
+    assert "/oauth/consent?" in step.headers["location"], step.headers["location"]
+    page = person.http.get(step.headers["location"])
+    assert page.status_code == 200 and "<code>billing</code>" in page.text
+    tokens = flow.exchange(flow.code()).json()
+    assert set(tokens["scope"].split()) == {"instances:read", "billing"}
+    balance = asyncio.run(mcp_call(server, tokens["access_token"], "get_balance", {}))
+    assert not balance.is_error, balance.content
+    unknown = _error_redirect(person.http.get(flow.authorize_url(scope="instances:read admin")))
+    assert unknown["error"] == ["invalid_scope"] and unknown["iss"] == [server.url]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_an_agent_steps_up_to_billing_on_its_open_connection(
+    server: AuxenServer, mode: str
+) -> None:
+    """The MCP Python SDK client signs in with the default scopes, then calls a tool that
+    needs `billing`: the 403 sends it back through consent for the wider grant, and the
+    same connection (the same MCP session, on the 2025-11-25 handshake) carries on."""
+    person = await asyncio.to_thread(Person, server, f"step-up-{mode}@example.com")
+    authorizations: list[str] = []
+    storage, seen = MemoryStorage(), list[httpx2.Request]()
+    async with sdk_client(
+        server, person, storage, mode=mode, seen=seen, authorizations=authorizations
+    ) as client:
+        assert structured(await client.call_tool("list_instances", {})) == {"instances": []}
+        assert "billing" not in (storage.tokens.scope or "").split()  # type: ignore[union-attr]
+        balance = structured(await client.call_tool("get_balance", {}))
+        assert "balance_usd" in balance
+        again = structured(await client.call_tool("list_instances", {}))
+        assert again == {"instances": []}
+    consented = [parse_qs(urlsplit(url).query)["scope"][0] for url in authorizations]
+    assert len(consented) == 2 and "billing" in consented[1].split()
+    assert set(consented[0].split()) <= set(consented[1].split())  # nothing given up
+    assert storage.tokens is not None and "billing" in (storage.tokens.scope or "").split()
+    # The tool call refused for its scope was sent again after the new consent, on the
+    # connection's one session (one initialize was ever accepted, none after it).
+    mcp = [r for r in seen if r.url.path == "/mcp" and r.method == "POST"]
+    sent = [(json.loads(r.content), r) for r in mcp]
+    balance_calls = [r for c, r in sent if isinstance(c, dict) and _tool(c) == "get_balance"]
+    assert len(balance_calls) == 2, [c for c, _ in sent]
+    opened = [r for c, r in sent if isinstance(c, dict) and c.get("method") == "initialize"]
+    assert len({id(r) for r in opened}) <= 1  # one initialize (sent again after the 401)
+    if mode == "legacy":
+        sessions = {r.headers.get("mcp-session-id") for r in mcp if r not in opened}
+        assert len(sessions) == 1 and None not in sessions, sessions
+
+
+def _tool(call: dict[str, Any]) -> str | None:
+    params = call.get("params")
+    if call.get("method") != "tools/call" or not isinstance(params, dict):
+        return None
+    return str(params.get("name"))
+
+
+async def test_a_stepped_up_session_still_belongs_to_its_person_and_client(
+    server: AuxenServer,
+) -> None:
+    person = await asyncio.to_thread(Person, server, "session-owner@example.com")
+    first = await asyncio.to_thread(Flow, server, person, "instances:read")
+    code = await asyncio.to_thread(first.code)
+    narrow = (await asyncio.to_thread(first.exchange, code)).json()["access_token"]
+    headers = {"Accept": "application/json, text/event-stream",
+               "Authorization": f"Bearer {narrow}"}  # fmt: skip
+    opened = httpx2.post(f"{server.url}/mcp", headers=headers, json=INITIALIZE)
+    assert opened.status_code == 200, opened.text
+    session = {"Mcp-Session-Id": opened.headers["mcp-session-id"],
+               "MCP-Protocol-Version": "2025-11-25"}  # fmt: skip
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+
+    def listed(token: str) -> int:
+        return httpx2.post(
+            f"{server.url}/mcp", json=listing,
+            headers={**headers, **session, "Authorization": f"Bearer {token}"},
+        ).status_code  # fmt: skip
+
+    # The same client and person, re-authorized with more scopes: the session carries on
+    # (the narrower grant is revoked, as any re-authorization revokes the one before).
+    wider = await asyncio.to_thread(first.authorize_url, scope="instances:read billing")
+    answer = await asyncio.to_thread(person.consent, wider)
+    stepped = (await asyncio.to_thread(first.exchange, answer["code"])).json()["access_token"]
+    assert listed(stepped) == 200
+    assert listed(narrow) == 401
+    # Another client of the same person, and the same client for another person: 404.
+    other_client = await asyncio.to_thread(Flow, server, person)
+    other_code = await asyncio.to_thread(other_client.code)
+    theirs = (await asyncio.to_thread(other_client.exchange, other_code)).json()
+    assert listed(theirs["access_token"]) == 404
+    stranger = await asyncio.to_thread(Person, server, "session-stranger@example.com")
+    first.person = stranger
+    stranger_code = await asyncio.to_thread(first.code)
+    strangers = (await asyncio.to_thread(first.exchange, stranger_code)).json()
+    assert listed(strangers["access_token"]) == 404
+    assert listed(stepped) == 200
+
+
+# -- client_secret_basic and client_secret_post -------------------------------------------
+
+
+def _basic(client_id: str, secret: str) -> dict[str, str]:
+    """RFC 6749 2.3.1: each part form-urlencoded, then joined and base64-encoded."""
+    raw = f"{quote(client_id, safe='')}:{quote(secret, safe='')}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
+def _post(flow: Flow, path: str, form: dict[str, str], **headers: str) -> httpx2.Response:
+    return httpx2.post(f"{flow.server.url}{path}", data=form, headers={**flow.where, **headers})
+
+
+def test_confidential_clients_authenticate_with_basic_or_in_the_body(
+    server: AuxenServer, person: Person
+) -> None:
+    basic = Flow(server, person, None, {"token_endpoint_auth_method": "client_secret_basic"})
+    assert basic.client_secret
+    right = _basic(basic.client_id, basic.client_secret)
+    code = basic.code()
+    form = {"grant_type": "authorization_code", "redirect_uri": REDIRECT,
+            "code_verifier": basic.verifier, "code": code}  # fmt: skip
+    # RFC 6749 2.3.1: Basic alone, no client_id in the body; and its failures.
+    wrong = _post(basic, "/token", form, **_basic(basic.client_id, "not-the-secret"))
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+    mismatched = _post(basic, "/token", {**form, "client_id": "someone-else"}, **right)
+    assert mismatched.status_code == 401 and mismatched.json()["error"] == "invalid_client"
+    secret_in_body = {"client_id": basic.client_id, "client_secret": basic.client_secret}
+    in_body = _post(basic, "/token", {**form, **secret_in_body})
+    assert in_body.status_code == 401  # registered for Basic: the body is not its method
+    good = _post(basic, "/token", form, **right)
+    assert good.status_code == 200, good.text
+    refreshed = _post(
+        basic, "/token",
+        {"grant_type": "refresh_token", "refresh_token": good.json()["refresh_token"]}, **right,
+    )  # fmt: skip
+    assert refreshed.status_code == 200, refreshed.text
+    also_named = _post(
+        basic, "/token",
+        {"grant_type": "refresh_token", "refresh_token": refreshed.json()["refresh_token"],
+         "client_id": basic.client_id}, **right,
+    )  # fmt: skip
+    assert also_named.status_code == 200, also_named.text  # the id in both: the same id
+    tokens = also_named.json()
+    revoked = _post(basic, "/revoke", {"token": tokens["refresh_token"]}, **right)
+    assert revoked.status_code == 200
+    assert asyncio.run(mcp_call_status(server, tokens["access_token"])) == 401
+
+    post = Flow(server, person, None, {"token_endpoint_auth_method": "client_secret_post"})
+    assert post.client_secret
+    form = {"grant_type": "authorization_code", "redirect_uri": REDIRECT, "code": post.code(),
+            "code_verifier": post.verifier, "client_id": post.client_id}  # fmt: skip
+    wrong = _post(post, "/token", {**form, "client_secret": "nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+    missing = _post(post, "/token", form)
+    assert missing.status_code == 401 and missing.json()["error"] == "invalid_client"
+    good = _post(post, "/token", {**form, "client_secret": post.client_secret})
+    assert good.status_code == 200, good.text
+
+
+async def mcp_call_status(server: AuxenServer, token: str) -> int:
+    async with httpx2.AsyncClient() as http:
+        reply = await http.post(
+            f"{server.url}/mcp", headers={"Authorization": f"Bearer {token}"}, json={}
+        )
+        return reply.status_code

@@ -3,8 +3,11 @@
 Each request passes three gates in this order: Host/Origin (DNS-rebinding protection,
 always on, for loopback and the configured public host names), then the caller's
 bearer key, then the SDK's transport, which serves both the 2025-11-25 session
-handshake and stateless 2026-07-28 requests. A session is bound to the key that opened
-it; the key is checked again on every request, so revoking it ends access at once.
+handshake and stateless 2026-07-28 requests. A session is bound to the principal that
+opened it: an API key, or for OAuth the (client, person, workspace) a grant is for, so a
+token that replaces another for the same grant (a refresh, or a step-up to more scopes
+the person consented to) keeps using the session, and nothing else can. The credential
+is checked again on every request, so revoking it ends access at once.
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ class McpEndpoint:
                 )
                 return
         scope[CALLER_KEY] = caller
-        key_id = caller.key_id or ""
+        key_id = session_owner(caller)
         now = time.monotonic()
         session_id = request.headers.get("mcp-session-id")
         if session_id is not None and self._owners.get(session_id, ("",))[0] == key_id:
@@ -162,14 +165,9 @@ class McpEndpoint:
                 await _too_many_sessions()(scope, receive, send)
                 return
             send = self._recording_new_session(send, key_id)
-        # Identity the SDK binds each session to (never the key itself).
+        # Identity the SDK binds each session to (never the key or token itself).
         scope["user"] = AuthenticatedUser(
-            AccessToken(
-                token=f"key:{caller.key_id}",
-                client_id=f"key:{caller.key_id}",
-                scopes=[],
-                subject=caller.workspace_id,
-            )
+            AccessToken(token=key_id, client_id=key_id, scopes=[], subject=caller.workspace_id)
         )
         await self.sessions.handle_request(scope, receive, send)
 
@@ -221,6 +219,17 @@ class McpEndpoint:
             await send(message)
 
         return recording
+
+
+def session_owner(caller: Caller) -> str:
+    """The principal an MCP session belongs to. An API key is its own principal. An OAuth
+    grant's is its client, person and workspace, not the token family: a step-up to more
+    scopes issues a new family for the same grant (and revokes the old one), and the open
+    session must carry on with it, while another client, another person or the same
+    person's grant to another workspace still cannot use the session."""
+    if caller.client_id is not None and caller.user_id is not None:
+        return f"oauth:{caller.client_id}:{caller.user_id}:{caller.workspace_id}"
+    return f"key:{caller.key_id}"
 
 
 def _may_open_session(request: Request) -> bool:

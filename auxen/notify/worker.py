@@ -156,19 +156,22 @@ class NotificationWorker:
                 roles.add("owner")
             emails: list[str] = []
             if email_enabled(self.settings):
-                emails = list(
-                    (
-                        await session.exec(
-                            select(User.email)
-                            .join(Membership, col(Membership.user_id) == col(User.id))
-                            .where(col(Membership.workspace_id) == ws)
-                            .where(col(Membership.role).in_(sorted(roles)))
-                        )
-                    ).all()
+                people = (
+                    select(User.email)
+                    .join(Membership, col(Membership.user_id) == col(User.id))
+                    .where(col(Membership.workspace_id) == ws)
+                    .where(col(Membership.role).in_(sorted(roles)))
                 )
+                if self.settings.requires_email_proof:
+                    # An address nobody has proven may be someone else's: mail it nothing
+                    # but its confirmation link (see notify.account_mail).
+                    people = people.where(col(User.email_verified_at).is_not(None))
+                emails = list((await session.exec(people)).all())
                 if notification.user_id and event in PERSONAL_EVENTS:
                     person = await session.get(User, notification.user_id)
-                    if person is not None:
+                    if person is not None and not (
+                        self.settings.requires_email_proof and person.email_verified_at is None
+                    ):
                         emails.append(person.email)
             endpoints: list[str] = []
             if pref is None or pref.webhook:

@@ -103,6 +103,9 @@ class User(SQLModel, table=True):
     totp_secret_sealed: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     totp_enabled_at: datetime | None = Field(default=None, sa_column=_ts())
     totp_last_step: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
+    # When the person proved they read mail at `email` (a link we sent); None until then.
+    # Accounts made before the rule, and by operators (`auxen init`), count as proven.
+    email_verified_at: datetime | None = Field(default=None, sa_column=_ts())
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
     @property
@@ -317,9 +320,10 @@ class OAuthToken(TenantScoped, SQLModel, table=True):
 
 
 class OAuthConsent(TenantScoped, SQLModel, table=True):
-    """A user's remembered consent for one client: which workspace and scopes it may use.
-    A later request for no more than these scopes skips the consent page; revoking it
-    (account page) also revokes every token the client holds for the user."""
+    """A user's remembered consent for one client: which workspace and scopes it may use,
+    for which resource and redirect URI. A later request from the client for the same
+    resource and redirect URI and no more than these scopes skips the consent page;
+    revoking it (account page) also revokes every token the client holds for the user."""
 
     __tablename__ = "oauth_consent"
     __table_args__ = (sa.UniqueConstraint("user_id", "client_id"),)
@@ -330,6 +334,10 @@ class OAuthConsent(TenantScoped, SQLModel, table=True):
     client_name: str = Field(default="", max_length=200)
     workspace_id: str = Field(foreign_key="workspace.id", index=True, max_length=32)
     scopes: str = Field(max_length=500)
+    # What the person saw and allowed; None on consents remembered before these were
+    # kept (they cover nothing, so the person is asked again).
+    resource: str | None = Field(default=None, max_length=500)
+    redirect_uri: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 

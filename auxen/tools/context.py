@@ -53,6 +53,9 @@ class Caller:
     # role, or the person's current membership role (least privilege unless the
     # authenticator says otherwise).
     role: Role = Role.MEMBER
+    # A person who has not yet confirmed their email address (where that is required):
+    # see require_proven_email.
+    email_unproven: bool = False
     # Where the request came from, for the audit log ("local" for stdio and the CLI).
     address: str | None = None
     user_agent: str | None = None
@@ -81,6 +84,17 @@ class Caller:
             raise PermissionDenied(
                 f"this needs the {needed.value} role in the workspace ({permission.value}); "
                 f"this {self.principal} acts as {self.role.value}: ask an owner or admin"
+            )
+
+    def require_proven_email(self, act: str) -> None:
+        """Refuse `act` to a person who has not confirmed their email address yet. The
+        acts that need it: spending money (buying credits), bringing people in
+        (inviting), making account keys (a key could do both in their place), and
+        connecting an agent (the consent page)."""
+        if self.email_unproven:
+            raise PermissionDenied(
+                f"confirm your email address before you {act}: follow the link we sent "
+                "you, or send a new one from your account page"
             )
 
     def may(self, permission: Permission) -> bool:

@@ -111,6 +111,8 @@ async def create_key(rt: Runtime, caller: Caller, req: CreateKeyRequest) -> tupl
     caller.require(
         Permission.INSTANCE_KEYS if req.instance_id is not None else Permission.ACCOUNT_KEYS
     )
+    if req.instance_id is None:
+        caller.require_proven_email("make account keys")
     role = req.role or caller.role
     if req.instance_id is None and not at_least(caller.role, role):
         raise PermissionDenied(

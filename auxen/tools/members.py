@@ -256,6 +256,7 @@ def _token_hash(token: str) -> bytes:
 async def create_invite(rt: Runtime, caller: Caller, req: InviteRequest) -> InviteView:
     """An invitation; its link is in the answer, once."""
     caller.require(Permission.MEMBERS_MANAGE)
+    caller.require_proven_email("invite anyone")
     if not at_least(caller.role, req.role):
         raise PermissionDenied("nobody can invite with a role above their own", param="role")
     email = normalise_email(req.email)

@@ -75,12 +75,10 @@ async def confirm_enrolment(
     """Turn TOTP on once the person proves their authenticator has the secret; the new
     recovery codes, shown once."""
     secret = _enrolment_secret(rt, user, token)
-    subjects = _subjects(user.id, address)
-    guard = throttle.Throttle(rt.db)
-    await guard.admit(subjects)
+    attempt = await throttle.Throttle(rt.db).admit(_subjects(user.id, address))
     step = totp.matching_step(secret, code)
     if step is None:
-        await guard.failed(subjects)
+        await attempt.failed()
         raise InvalidArgument(
             "that code does not match; check the time on your device and enter the "
             "current 6-digit code",
@@ -99,7 +97,7 @@ async def confirm_enrolment(
         if turned_on.rowcount != 1:
             raise Conflict("two-factor authentication is already on")
         codes = await _replace_recovery_codes(conn, user.id)
-    await guard.succeeded(subjects_account(user.id))
+    await attempt.succeeded(clear=[subjects_account(user.id)])
     await notify_user(rt.db, user.id, Event(EventType.MFA_ENABLED, {"user_id": user.id}))
     return codes
 
@@ -107,18 +105,17 @@ async def confirm_enrolment(
 async def verify_second_factor(rt: Runtime, user_id: str, code: str, *, address: str) -> User:
     """The user, if `code` is their current TOTP code (never used before) or one of their
     unused recovery codes; otherwise Unauthenticated, or RateLimited after many tries."""
-    subjects = _subjects(user_id, address)
-    guard = throttle.Throttle(rt.db)
-    await guard.admit(subjects)
+    # Counted before it is judged, so codes guessed concurrently queue here.
+    attempt = await throttle.Throttle(rt.db).admit(_subjects(user_id, address))
     code = code.strip()[:64]
     async with rt.db.system() as session:
         user = await session.get(User, user_id)
     if user is None or user.totp_secret_sealed is None:
         raise Unauthenticated("two-factor authentication is not on for this account")
     if not await _spend(rt, user, code):
-        await guard.failed(subjects)
+        await attempt.failed()
         raise Unauthenticated("that code is not valid, or was already used")
-    await guard.succeeded(subjects_account(user_id))
+    await attempt.succeeded(clear=[subjects_account(user_id)])
     return user
 
 
@@ -157,10 +154,11 @@ async def replace_recovery_codes(rt: Runtime, user: User, *, code: str, address:
 async def disable(rt: Runtime, user: User, *, password: str, code: str, address: str) -> None:
     """Turn the second factor off: needs the password and a current code (or recovery
     code), so a browser left signed in cannot quietly weaken the account."""
+    attempt = await throttle.Throttle(rt.db).admit(_subjects(user.id, address))
     if not await verify_password(user.password_hash, password[:1024]):
-        guard = throttle.Throttle(rt.db)
-        await guard.failed(_subjects(user.id, address))
+        await attempt.failed()
         raise Unauthenticated("wrong password")
+    await attempt.succeeded()  # the password was right; the code is judged on its own
     await verify_second_factor(rt, user.id, code, address=address)
     async with rt.db.engine.begin() as conn:
         await conn.execute(sa.delete(RecoveryCode).where(col(RecoveryCode.user_id) == user.id))

@@ -11,6 +11,7 @@ from auxen.tools.permissions import Permission
 
 async def start_checkout(rt: Runtime, caller: Caller, amount_usd: int) -> Checkout:
     caller.require(Permission.BUY_CREDITS)
+    caller.require_proven_email("buy credits")
     made = await rt.payments.checkout(caller.workspace_id, caller.livemode, amount_usd)
     await audit.record_for(
         rt, caller, "credits.checkout", target_type="workspace", target_id=caller.workspace_id,

@@ -1,11 +1,13 @@
-"""The account page: workspaces, the password, the second factor (set up with a QR code, recovery
-codes, turn off) and the agents the person has allowed in (revoke any of them)."""
+"""The account page: workspaces, the email address (a new confirmation link while it is
+unconfirmed), the password, the second factor (set up with a QR code, recovery codes,
+turn off) and the agents the person has allowed in (revoke any of them)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -13,6 +15,7 @@ from auxen.auth import passwords, web_sessions
 from auxen.auth.oauth import SCOPE_DESCRIPTIONS
 from auxen.auth.oauth.consents import Consents
 from auxen.billing.alerts import recent_alerts
+from auxen.notify.account_mail import send_account_mail
 from auxen.store.models import Role, User
 from auxen.tools import accounts, audit, mfa
 from auxen.tools.errors import AuxenError, RateLimited
@@ -56,6 +59,7 @@ class AccountPages:
             apps=await self.consents.of_user(user.id),
             scope_descriptions=SCOPE_DESCRIPTIONS,
             min_password=passwords.MIN_LENGTH,
+            email_unproven=accounts.needs_email_proof(self.rt, user),
             **context,
         )
 
@@ -76,6 +80,17 @@ class AccountPages:
             return page
         except AuxenError as exc:
             return await self._render(request, user, status=error_status(exc), error=exc.message)
+
+    # -- the email address -------------------------------------------------------------
+
+    async def send_confirmation(self, request: Request) -> Response:
+        async def act(user: User, form: Form) -> Response:
+            mail = await accounts.confirmation_for(self.rt, user)
+            sent = RedirectResponse("/account?confirm=sent", status_code=303)
+            sent.background = BackgroundTask(send_account_mail, self.rt.settings, mail)
+            return sent
+
+        return await self._posted(request, act)
 
     # -- password --------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """The consent page between /authorize and the client's redirect URI: the signed-in user
-sees which client asks, where it will be sent, for which workspace and which scopes, and
-allows or denies. Both answers go back to the client with `state` and `iss`. A client
-already allowed these scopes (see auth.oauth.consents) goes straight back with a code."""
+sees which client asks, the exact host it will be sent back to, the resource its token
+will be for, which workspace and which scopes, and allows or denies. Both answers go
+back to the client with `state` and `iss`. A request a remembered consent covers exactly
+(see auth.oauth.consents) goes straight back with a code. A person who has not confirmed
+their email address yet (where that is required) cannot allow an agent in."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from auxen.auth.oauth import SCOPE_DESCRIPTIONS
 from auxen.auth.oauth.consents import Consents
 from auxen.auth.oauth.provider import OAuthProvider
+from auxen.auth.oauth.redirect_uris import display_host
 from auxen.auth.oauth.routes import with_iss
 from auxen.notify import Event, EventType, notify
 from auxen.tools import accounts, audit
@@ -54,8 +57,12 @@ class Consent:
         if client is None:
             return self._expired(request)
         scopes = [str(s) for s in pending["scopes"]]
-        remembered = await self.consents.remembered(user.id, str(client.client_id), scopes)
-        if remembered is not None:
+        unproven = accounts.needs_email_proof(self.pages.rt, user)
+        resource, redirect_uri = _resource(pending, self.provider), str(pending["redirect_uri"])
+        remembered = await self.consents.remembered(
+            user.id, str(client.client_id), resource, redirect_uri, scopes
+        )
+        if remembered is not None and not unproven:
             code = await self.provider.issue_code(pending, user.id, remembered.workspace_id)
             return self._back_to_client(pending, {"code": code})
         page = self.pages.render(
@@ -63,16 +70,17 @@ class Consent:
             "consent.html",
             user=user,
             client_name=client.client_name or client.client_id,
-            redirect_host=urlsplit(str(pending["redirect_uri"])).netloc,
+            redirect_host=display_host(redirect_uri),
+            resource=resource,
             scopes=[(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in scopes],
             workspaces=await accounts.workspaces_of(self.pages.rt, user),
             request_token=token,
+            email_unproven=unproven,
         )
         # Browsers apply form-action to the redirect that answers the form, and that
         # redirect goes to the client: allow its origin (and only it) on this page.
-        redirect = urlsplit(str(pending["redirect_uri"]))
         page.headers["Content-Security-Policy"] = content_security_policy(
-            f"'self' {redirect.scheme}://{redirect.netloc}"
+            f"'self' {urlsplit(redirect_uri).scheme}://{display_host(redirect_uri)}"
         )
         return page
 
@@ -89,6 +97,12 @@ class Consent:
             return RedirectResponse("/login", status_code=303)
         answer: dict[str, str] = {}
         if form.get("decision") == "approve":
+            if accounts.needs_email_proof(self.pages.rt, user):
+                return self.pages.render(
+                    request, "error.html", status=403, back="/account",
+                    error="Confirm your email address before you connect an agent: follow "
+                    "the link we sent you, or send a new one from your account page.",
+                )  # fmt: skip
             allowed = {w.id for w, _ in await accounts.workspaces_of(self.pages.rt, user)}
             workspace_id = form.get("workspace_id", "")
             client = await self.provider.get_client(str(pending["client_id"]))
@@ -100,6 +114,8 @@ class Consent:
                 client.client_name or "",
                 workspace_id,
                 [str(s) for s in pending["scopes"]],
+                resource=_resource(pending, self.provider),
+                redirect_uri=str(pending["redirect_uri"]),
             )
             answer["code"] = await self.provider.issue_code(pending, user.id, workspace_id)
             await audit.record(
@@ -139,3 +155,9 @@ class Consent:
         response = RedirectResponse(location, status_code=303)
         response.headers.update(SECURITY_HEADERS)
         return response
+
+
+def _resource(pending: dict[str, Any], provider: OAuthProvider) -> str:
+    """The resource the request's token will be for (always this server's MCP endpoint:
+    /authorize refuses any other)."""
+    return str(pending.get("resource") or provider.resource)

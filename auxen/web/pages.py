@@ -1,4 +1,5 @@
-"""Sign up, sign in (password, then the second factor when it is on), sign out.
+"""Sign up (and confirm the email address), sign in (password, then the second factor
+when it is on), sign out.
 
 Every form carries a CSRF token that must equal the `auxen_csrf` cookie (double submit;
 the cookie is HttpOnly, SameSite=Strict and, over https, `__Host-` bound to this host),
@@ -23,6 +24,7 @@ from auxen.auth import passwords, web_sessions
 from auxen.auth.authenticate import with_origin
 from auxen.auth.sealing import SealedTokens
 from auxen.notify import Event, EventType, notify_user
+from auxen.notify.account_mail import send_account_mail
 from auxen.rest.errors import status_of
 from auxen.runtime import Runtime
 from auxen.store.models import Role, User
@@ -99,7 +101,10 @@ class Pages:
         if current is None:
             return None
         workspace_id, role = current
-        caller = Caller(workspace_id=workspace_id, livemode=livemode, user_id=user.id, role=role)
+        caller = Caller(
+            workspace_id=workspace_id, livemode=livemode, user_id=user.id, role=role,
+            email_unproven=accounts.needs_email_proof(self.rt, user),
+        )  # fmt: skip
         return with_origin(caller, request)
 
     def choose_workspace(self, response: Response, workspace_id: str) -> None:
@@ -229,27 +234,69 @@ class Pages:
         email, workspace = form.get("email", ""), form.get("workspace", "")
         next_url = _safe_next(form.get("next"))
         try:
-            made = await accounts.sign_up(
-                self.rt, email=email, password=form.get("password", ""), workspace_name=workspace
-            )
+            answer = await accounts.sign_up(
+                self.rt, email=email, password=form.get("password", ""), workspace_name=workspace,
+                address=client_address(request), next_url=next_url,
+            )  # fmt: skip
         except AuxenError as exc:
-            return self.render(
+            page = self.render(
                 request,
                 "signup.html",
-                status=400 if exc.code == "invalid_argument" else 409,
+                status=error_status(exc),
                 error=exc.message,
                 email=email[:320],
                 workspace=workspace[:200],
                 next=next_url,
                 min_password=passwords.MIN_LENGTH,
             )
-        signed_in = self._signed_in(await web_sessions.start(self.rt.db, made.user.id), next_url)
-        return await self._known_device(request, signed_in, made.user.id, first=True)
+            if isinstance(exc, RateLimited):
+                page.headers["Retry-After"] = str(exc.retry_after_s)
+            return page
+        if answer.signed_up is None:
+            # Email proof is on: the same answer whether or not the address had an
+            # account; what differs goes by email, after the answer is sent.
+            sent = RedirectResponse("/signup/sent", status_code=303)
+            sent.headers.update(SECURITY_HEADERS)
+            if answer.mail is not None:
+                sent.background = BackgroundTask(send_account_mail, self.rt.settings, answer.mail)
+            return sent
+        user_id = answer.signed_up.user.id
+        signed_in = self._signed_in(await web_sessions.start(self.rt.db, user_id), next_url)
+        return await self._known_device(request, signed_in, user_id, first=True)
+
+    async def signup_sent(self, request: Request) -> Response:
+        return self.render(request, "signup_sent.html")
+
+    async def confirm_form(self, request: Request) -> Response:
+        """The page a confirmation link opens: a button, so a mail scanner that fetches
+        links confirms nothing."""
+        token = request.query_params.get("token", "")
+        try:
+            proof = accounts.open_confirmation(self.rt, token)
+        except AuxenError as exc:
+            return self.render(request, "error.html", status=400, error=exc.message, back="/login")
+        return self.render(request, "confirm_email.html", token=token, email=proof.email)
+
+    async def confirm(self, request: Request) -> Response:
+        try:
+            form = await self._check_csrf(request)
+        except CsrfError:
+            return self._forbidden(request)
+        try:
+            proof = await accounts.confirm_email(self.rt, form.get("token", ""))
+        except AuxenError as exc:
+            return self.render(request, "error.html", status=400, error=exc.message, back="/login")
+        user = await self.current_user(request)
+        if user is not None and user.id == proof.user_id:
+            return RedirectResponse(proof.next_url, status_code=303)
+        to_login = f"/login?{urlencode({'next': proof.next_url, 'confirmed': '1'})}"
+        return RedirectResponse(to_login, status_code=303)
 
     async def login_form(self, request: Request) -> Response:
         return self.render(
-            request, "login.html", email="", next=_safe_next(request.query_params.get("next"))
-        )
+            request, "login.html", email="", next=_safe_next(request.query_params.get("next")),
+            confirmed=request.query_params.get("confirmed") == "1",
+        )  # fmt: skip
 
     async def login(self, request: Request) -> Response:
         try:

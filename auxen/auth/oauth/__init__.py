@@ -18,3 +18,8 @@ REFRESH_PREFIX = "auxr_"
 def resource_url(base_url: str) -> str:
     """The MCP endpoint's resource identifier (RFC 8707): tokens are bound to it."""
     return f"{base_url}/mcp"
+
+
+def same_resource(given: str, resource: str) -> bool:
+    """Whether a `resource` parameter names `resource` (a trailing slash aside)."""
+    return given.rstrip("/") == resource.rstrip("/")

@@ -13,15 +13,18 @@ minutes.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from urllib.parse import urlsplit
 
 import httpx2
-from mcp.server.auth.provider import RegistrationError
 from mcp.shared.auth import OAuthClientInformationFull
 from pydantic import ValidationError
 
+from auxen.auth.oauth.client_metadata import (
+    ClientMetadataError,
+    check_client_metadata,
+    parse_registration,
+)
 from auxen.outbound import OutboundPolicy, guarded_client
 from auxen.outbound import public_address as public_address  # the one classification
 
@@ -57,24 +60,18 @@ def check_url(url: str) -> tuple[str, int, str]:
 
 
 def client_from_document(url: str, raw: bytes) -> OAuthClientInformationFull:
-    from auxen.auth.oauth.provider import check_redirect_uri
-
+    """The client a fetched document describes, held to the same rules and bounds as a
+    registration (see `client_metadata` and `redirect_uris`)."""
     try:
-        document = json.loads(raw)
-    except ValueError:
-        raise DocumentError("the client_id document is not JSON") from None
-    if not isinstance(document, dict):
-        raise DocumentError("the client_id document must be a JSON object")
+        document = parse_registration(raw)
+    except ClientMetadataError as exc:
+        raise DocumentError(f"the client_id document: {exc.message}") from None
     if document.get("client_id") != url:
         raise DocumentError("the document's client_id must equal its URL")
-    uris = document.get("redirect_uris")
-    if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
-        raise DocumentError("the document must list redirect_uris")
     try:
-        for uri in uris:
-            check_redirect_uri(uri)
-    except RegistrationError as exc:
-        raise DocumentError(exc.error_description or "bad redirect URI") from None
+        check_client_metadata(document)
+    except ClientMetadataError as exc:
+        raise DocumentError(exc.message) from None
     method = document.get("token_endpoint_auth_method", "none")
     if method != "none":
         raise DocumentError("document clients must use token_endpoint_auth_method none")

@@ -1,7 +1,9 @@
 """Remembered consent: once a person allows a client some scopes in a workspace, a later
-request from that client for no more than those scopes goes straight back to it. The
-person sees and revokes these on their account page; revoking also ends every token the
-client holds for them. Approving again replaces the earlier consent."""
+request from that client goes straight back to it only when it is covered exactly: the
+same person, client, resource and redirect URI, and no more than those scopes. Anything
+else (another redirect URI, another resource, one more scope) shows the consent page
+again. The person sees and revokes these on their account page; revoking also ends
+every token the client holds for them. Approving again replaces the earlier consent."""
 
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ class Consents:
         self.db = provider.db
 
     async def remembered(
-        self, user_id: str, client_id: str, scopes: list[str]
+        self, user_id: str, client_id: str, resource: str, redirect_uri: str, scopes: list[str]
     ) -> OAuthConsent | None:
-        """The consent that already covers `scopes` for this client, if the person is
-        still a member of its workspace."""
+        """The consent that already covers this request, if the person is still a member
+        of its workspace."""
         async with self.db.system() as session:
             found = (
                 await session.exec(
@@ -38,6 +40,8 @@ class Consents:
                     )
                     .where(col(OAuthConsent.user_id) == user_id)
                     .where(col(OAuthConsent.client_id) == client_id)
+                    .where(col(OAuthConsent.resource) == resource)
+                    .where(col(OAuthConsent.redirect_uri) == redirect_uri)
                 )
             ).first()
         if found is None or not set(scopes) <= set(found.scopes.split()):
@@ -45,8 +49,9 @@ class Consents:
         return found
 
     async def remember(
-        self, user_id: str, client_id: str, client_name: str, workspace_id: str, scopes: list[str]
-    ) -> None:
+        self, user_id: str, client_id: str, client_name: str, workspace_id: str,
+        scopes: list[str], *, resource: str, redirect_uri: str,
+    ) -> None:  # fmt: skip
         now = datetime.now(UTC)
         async with self.db.engine.begin() as conn:
             await conn.execute(
@@ -62,6 +67,8 @@ class Consents:
                     client_name=client_name[:200],
                     workspace_id=workspace_id,
                     scopes=" ".join(scopes),
+                    resource=resource,
+                    redirect_uri=redirect_uri,
                     created_at=now,
                     updated_at=now,
                 )

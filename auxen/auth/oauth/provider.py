@@ -18,6 +18,7 @@ from mcp.server.auth.provider import (
     AccessToken,
     AuthorizationCode,
     AuthorizationParams,
+    AuthorizeError,
     IdentityAssertionParams,
     RefreshToken,
     RegistrationError,
@@ -28,8 +29,16 @@ from mcp.shared.auth import OAuthToken as TokenResponse
 from pydantic import AnyUrl
 from sqlmodel import col
 
-from auxen.auth.oauth import ACCESS_PREFIX, DEFAULT_SCOPES, REFRESH_PREFIX, resource_url
+from auxen.auth.oauth import (
+    ACCESS_PREFIX,
+    DEFAULT_SCOPES,
+    REFRESH_PREFIX,
+    SCOPES,
+    resource_url,
+    same_resource,
+)
 from auxen.auth.oauth.cimd import DocumentFetcher, is_document_url
+from auxen.auth.oauth.redirect_uris import RedirectUriError, check_redirect_uri
 from auxen.auth.sealing import SealedTokens
 from auxen.config import Settings
 from auxen.outbound import tenant_policy
@@ -40,7 +49,6 @@ from auxen.store.models import OAuthClient, OAuthCode, OAuthConsent, OAuthToken,
 CODE_TTL = timedelta(minutes=10)
 REFRESH_TTL = timedelta(days=30)
 REQUEST_TTL_S = 600  # a pending authorization request (sign-in + consent) lasts this long
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 def digest(secret: str) -> bytes:
@@ -65,24 +73,6 @@ class AuxenAccessToken(AccessToken):
     workspace_id: str
 
 
-def check_redirect_uri(uri: str) -> None:
-    """https anywhere, or http on a loopback address with any port (RFC 8252 section 7.3)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    if parts.fragment:
-        raise RegistrationError("invalid_redirect_uri", f"{uri} has a fragment")
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
-        return
-    raise RegistrationError(
-        "invalid_redirect_uri",
-        f"{uri} is not allowed: redirect URIs must be https, or http on 127.0.0.1, "
-        "localhost or [::1]",
-    )
-
-
 class OAuthProvider:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
@@ -94,15 +84,29 @@ class OAuthProvider:
     # -- clients ---------------------------------------------------------------------
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        """The client as authorization sees it: registered (or described by its metadata
+        document) and unexpired, with only the redirect URIs today's rules allow, and
+        free to ask for any scope Auxen supports (what it gets is what the person
+        consents to; the scope it registered with is not a ceiling, or an agent that
+        registered with the defaults could never step up to `billing`)."""
         if is_document_url(client_id):
-            return await self.documents.client(client_id)
-        if len(client_id) > 64:
+            found = await self.documents.client(client_id)
+        elif len(client_id) > 64:
             return None
-        async with self.db.system() as session:
-            row = await session.get(OAuthClient, client_id)
-        if row is None or self._client_expired(row):
+        else:
+            async with self.db.system() as session:
+                row = await session.get(OAuthClient, client_id)
+            if row is None or self._client_expired(row):
+                return None
+            found = OAuthClientInformationFull.model_validate_json(row.info_json)
+        if found is None:
             return None
-        return OAuthClientInformationFull.model_validate_json(row.info_json)
+        return found.model_copy(
+            update={
+                "redirect_uris": [u for u in found.redirect_uris or [] if _allowed(str(u))],
+                "scope": " ".join(SCOPES),
+            }
+        )
 
     def _expiry_cutoffs(self) -> tuple[datetime, datetime]:
         """Clients created before the first and never used, or last used before the
@@ -159,7 +163,10 @@ class OAuthProvider:
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
         for uri in client_info.redirect_uris or []:
-            check_redirect_uri(str(uri))
+            try:
+                check_redirect_uri(str(uri))
+            except RedirectUriError as exc:
+                raise RegistrationError("invalid_redirect_uri", str(exc)) from None
         await self.delete_expired_clients()  # registration is where the table grows
         secret = client_info.client_secret
         public = client_info.model_copy(update={"client_secret": None})
@@ -179,8 +186,16 @@ class OAuthProvider:
     async def authorize(
         self, client: OAuthClientInformationFull, params: AuthorizationParams
     ) -> str:
-        """Where the user goes to sign in and consent: the request travels sealed."""
-        scopes = params.scopes or list(DEFAULT_SCOPES)
+        """Where the user goes to sign in and consent: the request travels sealed. A
+        `resource` other than this server's MCP endpoint is refused (RFC 8707
+        `invalid_target`): Auxen issues tokens for itself only, so a client cannot obtain,
+        through a person's consent here, a token it means to spend elsewhere."""
+        if params.resource is not None and not same_resource(params.resource, self.resource):
+            raise AuthorizeError(
+                "invalid_target",
+                f"this server issues tokens for {self.resource} only, not {params.resource[:200]}",
+            )
+        scopes = list(dict.fromkeys(params.scopes or DEFAULT_SCOPES))
         pending = {
             "client_id": client.client_id,
             "state": params.state,
@@ -188,7 +203,7 @@ class OAuthProvider:
             "code_challenge": params.code_challenge,
             "redirect_uri": str(params.redirect_uri),
             "redirect_uri_explicit": params.redirect_uri_provided_explicitly,
-            "resource": params.resource,
+            "resource": self.resource,
         }
         token = self._requests.issue(pending, REQUEST_TTL_S)
         return f"{self.settings.base_url}/oauth/consent?{urlencode({'request': token})}"
@@ -213,7 +228,7 @@ class OAuthProvider:
                     redirect_uri=str(pending["redirect_uri"]),
                     redirect_uri_explicit=bool(pending["redirect_uri_explicit"]),
                     code_challenge=str(pending["code_challenge"]),
-                    resource=str(pending["resource"]) if pending.get("resource") else None,
+                    resource=str(pending.get("resource") or self.resource),
                     expires_at=datetime.now(UTC) + CODE_TTL,
                 )
             )
@@ -233,6 +248,8 @@ class OAuthProvider:
         row = await self.code_row(authorization_code)
         if row is None or row.client_id != client.client_id:
             return None
+        if not same_resource(row.resource or self.resource, self.resource):
+            return None  # issued by a server with another public URL on this database
         if row.used_at is not None:
             await self.revoke_family(row.family_id)  # a replayed code: assume it leaked
             return None
@@ -270,6 +287,7 @@ class OAuthProvider:
             user_id=authorization_code.user_id,
             workspace_id=authorization_code.workspace_id,
             scopes=authorization_code.scopes,
+            resource=authorization_code.resource or self.resource,
         )
         # Re-authorizing a client replaces the user's earlier grants to it.
         await self.revoke_grants(
@@ -283,8 +301,10 @@ class OAuthProvider:
 
     async def _issue(
         self, *, client_id: str, family_id: str, user_id: str, workspace_id: str,
-        scopes: list[str],
+        scopes: list[str], resource: str,
     ) -> TokenResponse:  # fmt: skip
+        """Access and refresh tokens for the grant, bound to the resource the person
+        consented to (the code's, or the refresh token's)."""
         await self._touch_client(client_id)
         access_ttl = timedelta(seconds=self.settings.oauth_access_token_ttl_s)
         access = ACCESS_PREFIX + secrets.token_urlsafe(32)
@@ -296,7 +316,7 @@ class OAuthProvider:
             "user_id": user_id,
             "workspace_id": workspace_id,
             "scopes": " ".join(scopes),
-            "resource": self.resource,
+            "resource": resource,
             "created_at": now,
         }
         async with self.db.system() as session:
@@ -321,6 +341,9 @@ class OAuthProvider:
             refresh_token=refresh,
             scope=" ".join(scopes),
         )
+
+    async def refresh_row(self, token: str) -> OAuthToken | None:
+        return await self._token_row(token, "refresh")
 
     async def _token_row(self, token: str, kind: str) -> OAuthToken | None:
         async with self.db.system() as session:
@@ -350,6 +373,8 @@ class OAuthProvider:
         row = await self._token_row(refresh_token, "refresh")
         if row is None or row.client_id != client.client_id or row.revoked_at is not None:
             return None
+        if not same_resource(row.resource, self.resource):
+            return None  # issued by a server with another public URL on this database
         if row.used_at is not None:
             await self.revoke_family(row.family_id)  # a rotated token came back: leaked
             return None
@@ -378,6 +403,7 @@ class OAuthProvider:
             user_id=refresh_token.user_id,
             workspace_id=refresh_token.workspace_id,
             scopes=scopes,
+            resource=refresh_token.resource or self.resource,
         )
 
     async def exchange_identity_assertion(
@@ -410,6 +436,14 @@ class OAuthProvider:
                 .where(col(OAuthToken.revoked_at).is_(None))
                 .values(revoked_at=datetime.now(UTC))
             )
+
+
+def _allowed(uri: str) -> bool:
+    try:
+        check_redirect_uri(uri)
+    except RedirectUriError:
+        return False
+    return True
 
 
 def _grant_fields(row: OAuthToken) -> dict[str, Any]:

@@ -4,8 +4,11 @@
 The MCP SDK's handlers do the protocol work over `OAuthProvider`; this module closes the
 gaps they leave: an issuer exactly equal to the public URL, `none` among the client
 authentication methods, `iss` on every authorization response, client secrets checked
-against a hash, the token request's `resource` checked against the code's, failed token
-requests throttled per client and per address, and registrations rate-limited per address.
+against a hash, HTTP Basic client authentication without `client_id` in the body (RFC
+6749 section 2.3.1), the token request's `resource` checked against the grant's, token
+requests admitted by the throttle (per address, and per client when it presents a
+secret) before they are judged, registrations rate-limited per address, and every
+registered field bounded (`client_metadata`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import base64
 import binascii
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from mcp.server.auth.handlers.authorize import AuthorizationHandler
 from mcp.server.auth.handlers.register import RegistrationHandler
@@ -25,9 +28,16 @@ from mcp.shared.auth import OAuthClientInformationFull
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from auxen.auth import throttle
-from auxen.auth.oauth import DEFAULT_SCOPES, SCOPES, resource_url
+from auxen.auth.oauth import DEFAULT_SCOPES, SCOPES, resource_url, same_resource
+from auxen.auth.oauth.client_metadata import (
+    MAX_REQUEST_BYTES,
+    ClientMetadataError,
+    check_client_metadata,
+    parse_registration,
+)
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.auth.throttle import Throttle
 from auxen.tools.errors import RateLimited
@@ -118,7 +128,8 @@ def basic_credentials(header: str) -> tuple[str, str] | None:
         basic_id, secret = base64.b64decode(header.removeprefix("Basic ")).decode().split(":", 1)
     except (ValueError, UnicodeDecodeError, binascii.Error):
         return None
-    return unquote(basic_id), unquote(secret)
+    # RFC 6749 2.3.1: both are form-urlencoded before they are joined and encoded.
+    return unquote_plus(basic_id), unquote_plus(secret)
 
 
 def too_many(exc: RateLimited) -> Response:
@@ -168,7 +179,23 @@ class AuthorizationServer:
 
     async def authorize(self, request: Request) -> Response:
         """The SDK's authorize, with `iss` added to every redirect back to the client
-        (RFC 9207), errors included."""
+        (RFC 9207), errors included. RFC 8707 lets a request name several resources;
+        the SDK reads one, so when any of several is not this server's, it is the one
+        the SDK is given (and refuses with `invalid_target`)."""
+        params = request.query_params if request.method == "GET" else await request.form()
+        named = [v for v in params.getlist("resource") if isinstance(v, str)]
+        foreign = [v for v in named if not same_resource(v, self.provider.resource)]
+        if len(named) > 1 and foreign:
+            kept = [(k, v) for k, v in params.multi_items() if k != "resource"]
+            query = urlencode(
+                [(k, v) for k, v in kept if isinstance(v, str)] + [("resource", foreign[0])]
+            )
+            if request.method == "GET":
+                request = Request(
+                    {**request.scope, "query_string": query.encode()}, request.receive
+                )
+            else:
+                request = _replayed(request, query, "application/x-www-form-urlencoded")
         response = await self._authorize.handle(request)
         location = response.headers.get("location")
         if location and not location.startswith(f"{self.base_url}/oauth/consent"):
@@ -176,7 +203,8 @@ class AuthorizationServer:
         return response
 
     async def register(self, request: Request) -> Response:
-        """The SDK's registration (RFC 7591), at most so many per client address an hour."""
+        """The SDK's registration (RFC 7591), at most so many per client address an hour,
+        once the request is read (16 KB at most) and every field is within its bounds."""
         try:
             await self.throttle.spend(
                 f"register:address:{_address(request)}",
@@ -185,54 +213,80 @@ class AuthorizationServer:
             )
         except RateLimited as exc:
             return too_many(exc)
-        response: Response = await self._register.handle(request)
+        try:
+            body = await _bounded_body(request, MAX_REQUEST_BYTES)
+            check_client_metadata(parse_registration(body))
+        except ClientMetadataError as exc:
+            return JSONResponse(
+                {"error": exc.error, "error_description": exc.message, "field": exc.field},
+                status_code=400,
+                headers=JSON_NO_STORE,
+            )
+        response: Response = await self._register.handle(_replayed(request, body))
         return response
 
     async def token(self, request: Request) -> Response:
         """The SDK's token endpoint, after the throttle and after checking `resource`
-        against the grant's. Every refused request counts against the address, so
-        guessing codes, verifiers or refresh tokens soon has to wait; a failed client
-        authentication (guessing a secret) also counts against that client. Refused
-        grants do not count against the client: client ids are not secret (a metadata
-        document's is a public URL), and anyone could lock a client out for everyone."""
+        against the grant's. Every request is admitted by the throttle before it is
+        judged, and counts against the address unless it succeeds, so guessing codes,
+        verifiers or refresh tokens soon has to wait, however many run at once. A
+        request that presents a client secret also counts against that client unless
+        it authenticates (guessing a secret). Refused grants do not count against the
+        client, and requests without a secret never do: client ids are not secret (a
+        metadata document's is a public URL), and anyone could lock a client out."""
         form = await request.form()
         by_address = {f"token:address:{_address(request)}": throttle.ADDRESS}
         claimed = form.get("client_id")
         basic = basic_credentials(request.headers.get("Authorization", ""))
         if basic is not None:
             claimed = basic[0]
+        presents_secret = basic is not None or isinstance(form.get("client_secret"), str)
         by_client = (
             {f"token:client:{claimed[:300]}": throttle.CLIENT}
-            if isinstance(claimed, str) and claimed
+            if presents_secret and isinstance(claimed, str) and claimed
             else {}
         )
         try:
-            await self.throttle.admit(by_address | by_client)
+            attempt = await self.throttle.admit(by_address | by_client)
         except RateLimited as exc:
             return too_many(exc)
+        if basic is not None and not form.get("client_id"):
+            # RFC 6749 2.3.1: a client authenticating with HTTP Basic need not repeat its
+            # id in the body; the SDK's request models want it there.
+            body = urlencode(
+                [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+                + [("client_id", basic[0])]
+            )
+            request = _replayed(request, body, "application/x-www-form-urlencoded")
         response = await self._token_after_checks(request)
-        if response.status_code == 401:
-            await self.throttle.failed(by_address | by_client)
-        elif response.status_code == 400:
-            await self.throttle.failed(by_address)
+        if response.status_code == 401:  # a failed client authentication: both pay
+            await attempt.failed()
+        elif response.status_code == 400:  # a refused grant: the address pays
+            await attempt.refund(by_client)
+            await attempt.failed(by_address)
+        else:
+            await attempt.succeeded()
         response.headers.update(JSON_NO_STORE)
         return response
 
     async def _token_after_checks(self, request: Request) -> Response:
         form = await request.form()
-        requested = form.get("resource")
-        if isinstance(requested, str) and requested:
+        named = [v for v in form.getlist("resource") if isinstance(v, str) and v]
+        if named:
             bound: str | None = None
             if form.get("grant_type") == "authorization_code":
                 row = await self.provider.code_row(str(form.get("code") or ""))
                 bound = (row.resource or self.provider.resource) if row else None
             elif form.get("grant_type") == "refresh_token":
-                bound = self.provider.resource
-            if bound is not None and requested.rstrip("/") != bound.rstrip("/"):
+                # RFC 8707 section 2.2: a refresh may only name the resource the grant is for.
+                refresh = await self.provider.refresh_row(str(form.get("refresh_token") or ""))
+                bound = refresh.resource if refresh else None
+            wrong = [v for v in named if bound is not None and not same_resource(v, bound)]
+            if wrong:
                 return JSONResponse(
                     {
                         "error": "invalid_target",
-                        "error_description": f"this grant is for {bound}, not {requested}",
+                        "error_description": f"this grant is for {bound}, not {wrong[0][:200]}",
                     },
                     status_code=400,
                 )
@@ -264,6 +318,38 @@ class AuthorizationServer:
         if grant is not None and grant.client_id == client.client_id:
             await self.provider.revoke_family(grant.family_id)
         return Response(status_code=200, headers=JSON_NO_STORE)
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The request's body, read no further than `limit` bytes past which it is refused."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ClientMetadataError(
+                "request", f"client metadata is at most {limit} bytes of JSON"
+            )
+    return bytes(body)
+
+
+def _replayed(request: Request, body: bytes | str, content_type: str | None = None) -> Request:
+    """A copy of `request` whose body is `body` (already read from the original)."""
+    raw = body.encode() if isinstance(body, str) else body
+    replaced = {b"content-length": str(len(raw)).encode()}
+    if content_type is not None:
+        replaced[b"content-type"] = content_type.encode()
+    headers = [(k, v) for k, v in request.scope["headers"] if k.lower() not in replaced]
+    scope = {**request.scope, "headers": [*headers, *replaced.items()]}
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    return Request(scope, receive)
 
 
 def _address(request: Request) -> str:

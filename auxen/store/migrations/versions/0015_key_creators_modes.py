@@ -13,7 +13,7 @@ Every api_key row gets the person who made it (`created_by_user_id`), how it was
 webhook_endpoint gets `livemode` (existing endpoints are live).
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 """
 
 from collections.abc import Iterator, Sequence
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0015"
-down_revision: str | None = "0013"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
