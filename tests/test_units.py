@@ -13,6 +13,7 @@ import pytest
 from auxen.auth.keys import KEY_ID_LENGTH, SECRET_LENGTH, key_matches, mint_key, parse_key
 from auxen.auth.sealing import UnsealError, seal, unseal
 from auxen.config import ConfigError, Settings, normalise_database_url
+from auxen.periodic import Periodic
 from auxen.store.models import KeyKind
 
 
@@ -229,3 +230,37 @@ def test_log_records_are_redacted_before_any_handler_sees_them() -> None:
     for secret in ("k" * 24, "abcdefghijklmnop", "hunter2", "t" * 30, "secret prompt"):
         assert secret not in text, text
     assert text.count("[redacted]") >= 5 and "ValidationError" in text
+
+
+async def test_a_background_loop_stops_between_passes_never_inside_one() -> None:
+    """A pass cancelled mid-statement leaves its connection to a failing rollback in the
+    pool's finaliser (a traceback at every shutdown that hit it); stop waits instead."""
+    events: list[str] = []
+    inside = asyncio.Event()
+
+    async def one_pass() -> None:
+        events.append("begin")
+        inside.set()
+        await asyncio.sleep(0.2)
+        events.append("end")
+
+    loop = Periodic("test loop", one_pass, interval_s=0.01)
+    loop.start()
+    await inside.wait()
+    await loop.stop()
+    assert events == ["begin", "end"]
+    assert not loop.running
+
+
+async def test_a_pass_that_outlives_the_grace_is_cancelled() -> None:
+    started = asyncio.Event()
+
+    async def stuck() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    loop = Periodic("stuck loop", stuck, interval_s=1)
+    loop.start()
+    await started.wait()
+    await loop.stop(grace_s=0.05)
+    assert not loop.running

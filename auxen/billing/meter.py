@@ -12,7 +12,6 @@ process died mid-request): the caller is not charged for an answer it never got.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from sqlmodel import col, select
 from auxen.billing.alerts import Alerts
 from auxen.billing.ledger import BURNING_STATES, Ledger, Spend, month_start
 from auxen.notify import Event, EventType, notify
+from auxen.periodic import Periodic
 from auxen.store.db import Database
 from auxen.store.models import CapScope, Instance, Reservation, SpendingCap, as_utc
 from auxen.tools.errors import OverBudget
@@ -62,7 +62,8 @@ class GpuMeter:
         self.stale_hold = timedelta(seconds=stale_hold_s)
         self.destroy = destroy
         self.alerts = alerts
-        self._task: asyncio.Task[None] | None = None
+        interval = max(0.25, self.window.total_seconds() / 4)
+        self._loop = Periodic("gpu meter", self.run_once, interval)
 
     def window_cost(self, instance: Instance) -> int:
         """One window at the instance's own price (the dearest of its GPU candidates until
@@ -231,18 +232,7 @@ class GpuMeter:
         await self.destroy(instance.id, f"budget_exceeded:{exc.limit}")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name="gpu meter")
-
-    async def _run_forever(self) -> None:
-        interval = max(0.25, self.window.total_seconds() / 4)
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("metering pass failed; retrying")
-            await asyncio.sleep(interval)
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._loop.stop()

@@ -47,6 +47,7 @@ from auxen.inference.providers.base import (
 )
 from auxen.inference.shared import SHARED_TIER, SharedTier
 from auxen.notify import Event, EventType, notify
+from auxen.periodic import Periodic
 from auxen.store.db import Database
 from auxen.store.models import (
     ApiKey,
@@ -100,7 +101,9 @@ class InstanceManager:
         self._bring_ups: dict[str, asyncio.Task[None]] = {}
         self._destroys: dict[str, asyncio.Task[Instance]] = {}
         self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, connect=5.0))
-        self._reconciler: asyncio.Task[None] | None = None
+        self._reconciler = Periodic(
+            "reconciler", self._background_pass, settings.reconcile_interval_s
+        )
         # Chores run after each reconcile pass (sweeping old audit events, ...).
         self.housekeeping: list[Callable[[], Awaitable[object]]] = []
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -675,25 +678,25 @@ class InstanceManager:
         return int(result.rowcount or 0)
 
     def start_reconciler(self) -> None:
-        self._reconciler = asyncio.create_task(self._reconcile_forever(), name="reconciler")
+        self._reconciler.start()
 
-    async def _reconcile_forever(self) -> None:
-        while True:
+    async def _background_pass(self) -> None:
+        """One pass of the background reconciler, then the housekeeping chores."""
+        try:
+            await self.reconcile()
+        except Exception:
+            log.exception("reconcile pass failed; retrying")
+        for chore in self.housekeeping:
             try:
-                await self.reconcile()
+                await chore()
             except Exception:
-                log.exception("reconcile pass failed; retrying")
-            for chore in self.housekeeping:
-                try:
-                    await chore()
-                except Exception:
-                    log.exception("housekeeping failed; retrying next pass")
-            await asyncio.sleep(self.settings.reconcile_interval_s)
+                log.exception("housekeeping failed; retrying next pass")
 
     async def close(self) -> None:
         """Stop background work. Instance processes keep running: the next start
         re-attaches to them."""
-        tasks = [t for t in (self._reconciler, *self._bring_ups.values()) if t is not None]
+        await self._reconciler.stop()
+        tasks = list(self._bring_ups.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

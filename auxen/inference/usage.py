@@ -13,7 +13,6 @@ If the process dies mid-stream, the reconciler marks rows whose checkpoints stop
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
+from auxen.periodic import Periodic
 from auxen.store.db import Database
 from auxen.store.ids import new_id
 from auxen.store.models import Instance, UsageRecord, utcnow
@@ -50,7 +50,7 @@ class UsageRecorder:
         self._updates: list[dict[str, Any]] = []  # final rows of streams already written
         self._open: dict[str, Callable[[], dict[str, Any]]] = {}  # streams in flight
         self._written: set[str] = set()  # open streams whose row exists (or is being written)
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = Periodic("usage flusher", self.flush, flush_interval_s)
         self._lock = asyncio.Lock()
 
     def record(self, **fields: Any) -> None:
@@ -71,7 +71,7 @@ class UsageRecorder:
         self._open[row_id] = snapshot
 
     def start(self) -> None:
-        self._flusher = asyncio.create_task(self._flush_forever(), name="usage-flusher")
+        self._flusher.start(first_after_s=self.flush_interval_s)
 
     async def flush(self) -> None:
         async with self._lock:
@@ -123,14 +123,6 @@ class UsageRecorder:
                 self._buffer[:0] = final
                 self._updates[:0] = [u for u in updates if u["outcome"] != "streaming"]
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval_s)
-            await self.flush()
-
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await self._flusher.stop()
         await self.flush()

@@ -45,6 +45,7 @@ from auxen.notify.events import (
 from auxen.notify.mail import email_enabled, send_email
 from auxen.notify.webhooks import Sent, post_signed
 from auxen.outbound import guarded_client, tenant_policy
+from auxen.periodic import Periodic
 from auxen.store.db import Database
 from auxen.store.models import (
     Membership,
@@ -97,7 +98,7 @@ class NotificationWorker:
         # Every delivery through the outbound guard: public addresses (or those the
         # operator allowed), pinned to the address checked, no redirects.
         self._http = guarded_client(tenant_policy(settings))
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("notifications", self.run_once, settings.notify_poll_s)
 
     # -- fan-out ---------------------------------------------------------------------
 
@@ -326,18 +327,8 @@ class NotificationWorker:
         return len(claimed)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name="notifications")
-
-    async def _run_forever(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("notification pass failed; retrying")
-            await asyncio.sleep(self.settings.notify_poll_s)
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._loop.stop()
         await self._http.aclose()
