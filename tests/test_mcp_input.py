@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -540,3 +541,57 @@ def test_a_key_revoked_during_a_wait_ends_the_wait(world: World) -> None:
     for instance in http.get("/v1/instances").json()["data"]:
         if instance["id"] not in (world.mine,):
             http.delete(f"/v1/instances/{instance['id']}")
+
+
+def stateless_request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A 2026-07-28 request: no session, its protocol envelope in `_meta`."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    return {"jsonrpc": "2.0", "id": 7, "method": method, "params": {**params, "_meta": meta}}
+
+
+def raw_post(world: World, head_lines: list[str], body: bytes) -> tuple[int, bytes]:
+    """POST /mcp with header lines sent exactly as given (no client library in between
+    normalises them); the status and the body."""
+    head = [
+        "POST /mcp HTTP/1.1",
+        f"Host: 127.0.0.1:{world.server.port}",
+        f"Authorization: Bearer {world.key}",
+        "Content-Type: application/json",
+        "Accept: application/json, text/event-stream",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *head_lines,
+    ]
+    with socket.create_connection(("127.0.0.1", world.server.port), timeout=30) as sock:
+        sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65_536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def test_header_values_do_not_include_surrounding_whitespace(world: World) -> None:
+    # RFC 9110 section 5.5: `Mcp-Name:  list_models \t` names the tool list_models.
+    body = json.dumps(stateless_request("tools/call", {"name": "list_models", "arguments": {}}))
+    status, answer = raw_post(
+        world,
+        [
+            "MCP-Protocol-Version: 2026-07-28 ",
+            "Mcp-Method:\ttools/call\t",
+            "Mcp-Name:  list_models \t",
+        ],
+        body.encode(),
+    )
+    assert status == 200, answer
+    assert b'"error"' not in answer and b"-32020" not in answer, answer
+    # A value that differs from the body's inside its text is still a mismatch.
+    status, answer = raw_post(
+        world,
+        ["MCP-Protocol-Version: 2026-07-28", "Mcp-Method: tools/call", "Mcp-Name: list_ models"],
+        body.encode(),
+    )
+    assert status == 400 and b"-32020" in answer, answer
