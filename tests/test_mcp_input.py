@@ -24,6 +24,7 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from sqlmodel import select
 
 from auxen.store.db import Database
@@ -595,3 +596,30 @@ def test_header_values_do_not_include_surrounding_whitespace(world: World) -> No
         body.encode(),
     )
     assert status == 400 and b"-32020" in answer, answer
+
+
+def test_an_unknown_prompt_is_invalid_params_on_both_revisions(world: World) -> None:
+    log_before = len(world.server.log_path.read_text())
+    stateless = httpx2.post(
+        f"{world.server.url}/mcp",
+        json=stateless_request("prompts/get", {"name": "no_such_prompt"}),
+        headers={
+            "Authorization": f"Bearer {world.key}",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "prompts/get",
+            "Mcp-Name": "no_such_prompt",
+        },
+    )
+    error = stateless.json()["error"]
+    assert error["code"] == -32602 and "no_such_prompt" in error["message"], error
+
+    async def over_a_session() -> None:
+        async with http_client(world.server.url, world.key) as client:
+            with pytest.raises(MCPError) as raised:
+                await client.get_prompt("no_such_prompt")
+            assert raised.value.error.code == -32602
+
+    asyncio.run(over_a_session())
+    time.sleep(0.5)
+    assert "Traceback" not in world.server.log_path.read_text()[log_before:]
