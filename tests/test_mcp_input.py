@@ -9,6 +9,7 @@ about what stands in front of an instance, and a `starting` instance is what the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -485,36 +486,61 @@ def test_tool_arguments_and_errors_stay_out_of_the_server_log(world: World) -> N
 
 
 def test_one_key_cannot_hold_every_session(world: World) -> None:
+    """32 sessions per key. A client that abandons its sessions (never sends DELETE) is
+    not locked out: its least recently used idle session gives way. Only sessions all
+    busy (a request or a stream open on each) refuse another, and other keys never wait."""
     url = f"{world.server.url}/mcp"
     http = world.server.client(world.key)
     made = http.post("/v1/keys", json={"name": "greedy"}).json()
-    initialize = INITIALIZE
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {made['key']}",
+    }
 
     def open_session(key: str) -> httpx2.Response:
         return httpx2.post(
-            url,
-            json=initialize,
-            headers={
-                "Accept": "application/json, text/event-stream",
-                "Authorization": f"Bearer {key}",
-            },
+            url, json=INITIALIZE, headers={**headers, "Authorization": f"Bearer {key}"}
         )
 
-    sessions = [open_session(made["key"]) for _ in range(32)]
-    assert all(r.status_code == 200 for r in sessions)
-    refused = open_session(made["key"])
-    assert refused.status_code == 429 and "open MCP sessions" in refused.text
-    assert open_session(world.key).status_code == 200  # other keys are unaffected
-    closed = httpx2.delete(
-        url,
-        headers={
-            "Authorization": f"Bearer {made['key']}",
-            "Mcp-Session-Id": sessions[0].headers["mcp-session-id"],
-            "MCP-Protocol-Version": "2025-11-25",
-        },
-    )
-    assert closed.status_code == 200, closed.text
-    assert open_session(made["key"]).status_code == 200
+    def ping(session: httpx2.Response) -> int:
+        sid = {"Mcp-Session-Id": session.headers["mcp-session-id"]}
+        body = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        protocol = {"MCP-Protocol-Version": "2025-11-25"}
+        return httpx2.post(url, json=body, headers={**headers, **sid, **protocol}).status_code
+
+    abandoned = [open_session(made["key"]) for _ in range(32)]
+    assert all(r.status_code == 200 for r in abandoned)
+    assert ping(abandoned[1]) == 200  # now the first one is the least recently used
+    for _ in range(3):
+        assert open_session(made["key"]).status_code == 200
+    assert [ping(s) for s in abandoned[:4]] == [404, 200, 404, 404]
+
+    async def all_busy() -> None:
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as client:
+            sessions = [await client.post(url, json=INITIALIZE) for _ in range(32)]
+            async with contextlib.AsyncExitStack() as streams:
+                for session in sessions:
+                    await streams.enter_async_context(
+                        client.stream(
+                            "GET",
+                            url,
+                            headers={
+                                "Accept": "text/event-stream",
+                                "Mcp-Session-Id": session.headers["mcp-session-id"],
+                                "MCP-Protocol-Version": "2025-11-25",
+                            },
+                        )
+                    )
+                refused = await client.post(url, json=INITIALIZE)
+                assert refused.status_code == 429 and "in progress" in refused.text
+                other = await client.post(
+                    url, json=INITIALIZE, headers={"Authorization": f"Bearer {world.key}"}
+                )
+                assert other.status_code == 200  # other keys are unaffected
+            # Streams closed: the sessions are idle again and one gives way.
+            assert (await client.post(url, json=INITIALIZE)).status_code == 200
+
+    asyncio.run(all_busy())
     http.delete(f"/v1/keys/{made['id']}")
 
 
