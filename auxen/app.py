@@ -17,6 +17,7 @@ from auxen import __version__
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.auth.oauth.routes import AuthorizationServer
 from auxen.config import Settings
+from auxen.header_values import TrimHeaderValues
 from auxen.inference.proxy import InferenceProxy
 from auxen.mcp_server.http import McpEndpoint
 from auxen.rest.billing import BillingApi
@@ -198,7 +199,11 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     app = Starlette(
         routes=routes,
         # Security headers on every response: pages, REST, MCP and static files.
-        middleware=[Middleware(SecurityHeaders, settings=rt.settings)],
+        middleware=[
+            Middleware(SecurityHeaders, settings=rt.settings),
+            # Header values without surrounding whitespace (RFC 9110 section 5.5).
+            Middleware(TrimHeaderValues),
+        ],
         exception_handlers={
             AuxenError: auxen_error,
             HTTPException: http_error,

@@ -9,8 +9,10 @@ about what stands in front of an instance, and a `starting` instance is what the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from sqlmodel import select
 
 from auxen.store.db import Database
@@ -483,36 +486,61 @@ def test_tool_arguments_and_errors_stay_out_of_the_server_log(world: World) -> N
 
 
 def test_one_key_cannot_hold_every_session(world: World) -> None:
+    """32 sessions per key. A client that abandons its sessions (never sends DELETE) is
+    not locked out: its least recently used idle session gives way. Only sessions all
+    busy (a request or a stream open on each) refuse another, and other keys never wait."""
     url = f"{world.server.url}/mcp"
     http = world.server.client(world.key)
     made = http.post("/v1/keys", json={"name": "greedy"}).json()
-    initialize = INITIALIZE
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {made['key']}",
+    }
 
     def open_session(key: str) -> httpx2.Response:
         return httpx2.post(
-            url,
-            json=initialize,
-            headers={
-                "Accept": "application/json, text/event-stream",
-                "Authorization": f"Bearer {key}",
-            },
+            url, json=INITIALIZE, headers={**headers, "Authorization": f"Bearer {key}"}
         )
 
-    sessions = [open_session(made["key"]) for _ in range(32)]
-    assert all(r.status_code == 200 for r in sessions)
-    refused = open_session(made["key"])
-    assert refused.status_code == 429 and "open MCP sessions" in refused.text
-    assert open_session(world.key).status_code == 200  # other keys are unaffected
-    closed = httpx2.delete(
-        url,
-        headers={
-            "Authorization": f"Bearer {made['key']}",
-            "Mcp-Session-Id": sessions[0].headers["mcp-session-id"],
-            "MCP-Protocol-Version": "2025-11-25",
-        },
-    )
-    assert closed.status_code == 200, closed.text
-    assert open_session(made["key"]).status_code == 200
+    def ping(session: httpx2.Response) -> int:
+        sid = {"Mcp-Session-Id": session.headers["mcp-session-id"]}
+        body = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        protocol = {"MCP-Protocol-Version": "2025-11-25"}
+        return httpx2.post(url, json=body, headers={**headers, **sid, **protocol}).status_code
+
+    abandoned = [open_session(made["key"]) for _ in range(32)]
+    assert all(r.status_code == 200 for r in abandoned)
+    assert ping(abandoned[1]) == 200  # now the first one is the least recently used
+    for _ in range(3):
+        assert open_session(made["key"]).status_code == 200
+    assert [ping(s) for s in abandoned[:4]] == [404, 200, 404, 404]
+
+    async def all_busy() -> None:
+        async with httpx2.AsyncClient(headers=headers, timeout=30) as client:
+            sessions = [await client.post(url, json=INITIALIZE) for _ in range(32)]
+            async with contextlib.AsyncExitStack() as streams:
+                for session in sessions:
+                    await streams.enter_async_context(
+                        client.stream(
+                            "GET",
+                            url,
+                            headers={
+                                "Accept": "text/event-stream",
+                                "Mcp-Session-Id": session.headers["mcp-session-id"],
+                                "MCP-Protocol-Version": "2025-11-25",
+                            },
+                        )
+                    )
+                refused = await client.post(url, json=INITIALIZE)
+                assert refused.status_code == 429 and "in progress" in refused.text
+                other = await client.post(
+                    url, json=INITIALIZE, headers={"Authorization": f"Bearer {world.key}"}
+                )
+                assert other.status_code == 200  # other keys are unaffected
+            # Streams closed: the sessions are idle again and one gives way.
+            assert (await client.post(url, json=INITIALIZE)).status_code == 200
+
+    asyncio.run(all_busy())
     http.delete(f"/v1/keys/{made['id']}")
 
 
@@ -540,3 +568,84 @@ def test_a_key_revoked_during_a_wait_ends_the_wait(world: World) -> None:
     for instance in http.get("/v1/instances").json()["data"]:
         if instance["id"] not in (world.mine,):
             http.delete(f"/v1/instances/{instance['id']}")
+
+
+def stateless_request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A 2026-07-28 request: no session, its protocol envelope in `_meta`."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    return {"jsonrpc": "2.0", "id": 7, "method": method, "params": {**params, "_meta": meta}}
+
+
+def raw_post(world: World, head_lines: list[str], body: bytes) -> tuple[int, bytes]:
+    """POST /mcp with header lines sent exactly as given (no client library in between
+    normalises them); the status and the body."""
+    head = [
+        "POST /mcp HTTP/1.1",
+        f"Host: 127.0.0.1:{world.server.port}",
+        f"Authorization: Bearer {world.key}",
+        "Content-Type: application/json",
+        "Accept: application/json, text/event-stream",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *head_lines,
+    ]
+    with socket.create_connection(("127.0.0.1", world.server.port), timeout=30) as sock:
+        sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(65_536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def test_header_values_do_not_include_surrounding_whitespace(world: World) -> None:
+    # RFC 9110 section 5.5: `Mcp-Name:  list_models \t` names the tool list_models.
+    body = json.dumps(stateless_request("tools/call", {"name": "list_models", "arguments": {}}))
+    status, answer = raw_post(
+        world,
+        [
+            "MCP-Protocol-Version: 2026-07-28 ",
+            "Mcp-Method:\ttools/call\t",
+            "Mcp-Name:  list_models \t",
+        ],
+        body.encode(),
+    )
+    assert status == 200, answer
+    assert b'"error"' not in answer and b"-32020" not in answer, answer
+    # A value that differs from the body's inside its text is still a mismatch.
+    status, answer = raw_post(
+        world,
+        ["MCP-Protocol-Version: 2026-07-28", "Mcp-Method: tools/call", "Mcp-Name: list_ models"],
+        body.encode(),
+    )
+    assert status == 400 and b"-32020" in answer, answer
+
+
+def test_an_unknown_prompt_is_invalid_params_on_both_revisions(world: World) -> None:
+    log_before = len(world.server.log_path.read_text())
+    stateless = httpx2.post(
+        f"{world.server.url}/mcp",
+        json=stateless_request("prompts/get", {"name": "no_such_prompt"}),
+        headers={
+            "Authorization": f"Bearer {world.key}",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": "prompts/get",
+            "Mcp-Name": "no_such_prompt",
+        },
+    )
+    error = stateless.json()["error"]
+    assert error["code"] == -32602 and "no_such_prompt" in error["message"], error
+
+    async def over_a_session() -> None:
+        async with http_client(world.server.url, world.key) as client:
+            with pytest.raises(MCPError) as raised:
+                await client.get_prompt("no_such_prompt")
+            assert raised.value.error.code == -32602
+
+    asyncio.run(over_a_session())
+    time.sleep(0.5)
+    assert "Traceback" not in world.server.log_path.read_text()[log_before:]

@@ -13,7 +13,6 @@ is checked again on every request, so revoking it ends access at once.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,6 +33,7 @@ from auxen.auth.oauth.provider import OAuthProvider
 from auxen.config import Settings
 from auxen.httputil import bearer
 from auxen.mcp_server.server import AuxenMCP, build_server
+from auxen.mcp_server.session_quota import SessionQuota
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
 from auxen.tools.errors import Unauthenticated
@@ -81,8 +81,7 @@ class McpEndpoint:
         )
         self.sessions = self.server.session_manager
         self.tool_scopes = self.server.tool_scopes
-        # session id -> (key id, last request): our count of each key's open sessions.
-        self._owners: dict[str, tuple[str, float]] = {}
+        self.quota = SessionQuota(MAX_SESSIONS_PER_KEY, SESSION_IDLE_S, self._close_session)
 
     async def caller_of(self, ctx: Context[Any, Any]) -> Caller:
         """The caller of one tool call (or one poll of a long wait): the request's key,
@@ -118,11 +117,12 @@ class McpEndpoint:
             role=role,
         )
 
-    def _open_sessions(self, key_id: str, now: float) -> int:
-        for sid, (_, seen) in list(self._owners.items()):
-            if now - seen > SESSION_IDLE_S:
-                del self._owners[sid]
-        return sum(1 for owner, _ in self._owners.values() if owner == key_id)
+    async def _close_session(self, session_id: str) -> None:
+        """End one session as its idle timeout would: its id answers 404 from now on."""
+        # The SDK has no public call to end a session from the server side.
+        transport = self.sessions._server_instances.get(session_id)
+        if transport is not None:
+            await self.sessions._discard_session(session_id, transport)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -154,14 +154,10 @@ class McpEndpoint:
                 return
         scope[CALLER_KEY] = caller
         key_id = session_owner(caller)
-        now = time.monotonic()
         session_id = request.headers.get("mcp-session-id")
-        if session_id is not None and self._owners.get(session_id, ("",))[0] == key_id:
-            self._owners[session_id] = (key_id, now)
-            if request.method == "DELETE":
-                del self._owners[session_id]
-        elif session_id is None and request.method == "POST" and _may_open_session(request):
-            if self._open_sessions(key_id, now) >= MAX_SESSIONS_PER_KEY:
+        mine = session_id is not None and self.quota.owner_of(session_id) == key_id
+        if session_id is None and request.method == "POST" and _may_open_session(request):
+            if not await self.quota.admit(key_id):
                 await _too_many_sessions()(scope, receive, send)
                 return
             send = self._recording_new_session(send, key_id)
@@ -169,7 +165,13 @@ class McpEndpoint:
         scope["user"] = AuthenticatedUser(
             AccessToken(token=key_id, client_id=key_id, scopes=[], subject=caller.workspace_id)
         )
-        await self.sessions.handle_request(scope, receive, send)
+        if session_id is None or not mine:
+            await self.sessions.handle_request(scope, receive, send)
+            return
+        async with self.quota.in_use(session_id):
+            await self.sessions.handle_request(scope, receive, send)
+        if request.method == "DELETE":
+            self.quota.closed(session_id)
 
     def _challenge(self, error: str | None = None, scope: str | None = None) -> str:
         """RFC 6750 / RFC 9728 challenge: where the metadata is, which scopes to ask for."""
@@ -215,7 +217,7 @@ class McpEndpoint:
             if message["type"] == "http.response.start":
                 for name, value in message.get("headers", []):
                     if name.lower() == b"mcp-session-id":
-                        self._owners[value.decode()] = (key_id, time.monotonic())
+                        self.quota.opened(value.decode(), key_id)
             await send(message)
 
         return recording
@@ -246,14 +248,15 @@ def _too_many_sessions() -> Response:
                 "id": None,
                 "error": {
                     "code": -32000,
-                    "message": f"this key already has {MAX_SESSIONS_PER_KEY} open MCP "
-                    "sessions; end unused ones (HTTP DELETE) or let them expire",
+                    "message": f"this key already has {MAX_SESSIONS_PER_KEY} MCP sessions "
+                    "with a request in progress; wait for one to finish or end one "
+                    "(HTTP DELETE)",
                 },
             }
         ),
         status_code=429,
         media_type="application/json",
-        headers={"Retry-After": str(int(SESSION_IDLE_S))},
+        headers={"Retry-After": "5"},
     )
 
 

@@ -18,7 +18,14 @@ from typing import Any, TypeVar
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    GetPromptResult,
+    InputRequiredResult,
+    ToolAnnotations,
+)
 from pydantic import ValidationError
 
 from auxen import __version__
@@ -142,6 +149,19 @@ class AuxenMCP(MCPServer[Any]):
             if cause is not None and isinstance(cause, ToolError):
                 raise ToolError(str(cause)) from cause  # drop the SDK's "Error executing" prefix
             raise
+
+    async def get_prompt(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        context: Context[Any, Any] | None = None,
+    ) -> GetPromptResult | InputRequiredResult:
+        # The SDK raises a bare ValueError for an unknown name, which the stateless
+        # 2026-07-28 path turns into -32603 with a traceback in the log: a caller's
+        # mistake is Invalid params (-32602) on every path.
+        if self._prompt_manager.get_prompt(name) is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {name[:64]}")
+        return await super().get_prompt(name, arguments, context)
 
 
 def _argument_error(error: ValidationError) -> str:
