@@ -21,6 +21,7 @@ from auxen.billing.catalog import TokenPrices
 from auxen.billing.ledger import Ledger, Spend
 from auxen.billing.meter import TOKENS
 from auxen.config import Settings
+from auxen.inference.bounds import bound_generation
 from auxen.inference.shared import SHARED_TIER
 from auxen.inference.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from auxen.inference.usage import UsageRecorder
@@ -150,21 +151,25 @@ class InferenceGateway:
             )
         return target
 
-    async def reserve(self, caller: Caller, target: Target, body: dict[str, Any]) -> str | None:
+    async def reserve(
+        self, caller: Caller, target: Target, path: str, body: dict[str, Any]
+    ) -> str | None:
         """For a per-token instance, reserve the most this request can cost before it is
-        sent (raises OverBudget): its prompt, bounded by its size in bytes (a token is at
-        least one byte of text), and its `max_tokens`, which is set to the default when
-        absent so the bound holds. None for instances billed by the hour."""
+        sent (raises OverBudget), with `body` rewritten so the upstream cannot generate
+        more than that (see `bounds`; InvalidArgument when a field makes the bound
+        uncomputable). None for instances billed by the hour."""
         if not target.per_token:
             return None
-        limit = body.get("max_tokens")
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-            body["max_tokens"] = limit = self.settings.default_max_tokens
-        prompt_bound = len(json.dumps(body.get("messages", body.get("prompt", ""))).encode())
+        bound = bound_generation(
+            body,
+            chat=path == "chat/completions",
+            default_max_tokens=self.settings.default_max_tokens,
+        )
         spend = Spend(
             target.workspace_id, target.livemode, target.instance_id, TOKENS, caller.client_id
         )
-        return await self.ledger.reserve(spend, self.token_prices.cost(prompt_bound, limit))
+        cost = self.token_prices.cost(bound.prompt_tokens, bound.completion_tokens)
+        return await self.ledger.reserve(spend, cost)
 
     def meter(
         self,
@@ -216,7 +221,7 @@ class InferenceGateway:
         """Send one non-streamed request upstream and meter it; raises UpstreamError
         (already metered) when the instance cannot be reached, OverBudget when a
         per-token instance's request cannot be paid for."""
-        hold = await self.reserve(caller, target, body)
+        hold = await self.reserve(caller, target, path, body)
         meter = self.meter(caller, target, path, stream=False, started=started, hold=hold)
         try:
             upstream = await self.send(target, path, body)
