@@ -22,7 +22,7 @@ from auxen.billing.ledger import Ledger, Spend
 from auxen.billing.meter import TOKENS
 from auxen.config import Settings
 from auxen.inference.bounds import bound_generation
-from auxen.inference.shared import SHARED_TIER
+from auxen.inference.shared import SHARED_TIER, cache_salt
 from auxen.inference.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from auxen.inference.usage import UsageRecorder
 from auxen.store.db import Database
@@ -50,6 +50,7 @@ class Target:
     tier: str = "dedicated"
     client_id: str | None = None
     history: bool = False  # provisioned with conversation history
+    cache_salt: str | None = None  # shared tier: the workspace's own prefix cache
 
     @property
     def per_token(self) -> bool:
@@ -113,6 +114,9 @@ class InferenceGateway:
             state=instance.state,
             tier=instance.tier,
             history=instance.history,
+            cache_salt=cache_salt(self.settings.master_key_bytes, instance.workspace_id)
+            if instance.tier == SHARED_TIER
+            else None,
             base_url=instance.upstream_url,
             api_key=unseal(
                 self.settings.master_key_bytes,
@@ -202,6 +206,8 @@ class InferenceGateway:
 
     async def send(self, target: Target, path: str, body: dict[str, Any]) -> UpstreamResponse:
         """POST `body` to the instance's `/v1/{path}`; the caller reads or streams it."""
+        if target.cache_salt is not None:
+            body["cache_salt"] = target.cache_salt
         return await self.upstream.request(
             "POST",
             f"{target.base_url}/v1/{path}",

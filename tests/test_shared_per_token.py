@@ -231,3 +231,43 @@ def test_a_body_whose_bound_cannot_be_computed_is_refused(
         tier.sql("SELECT COUNT(*) FROM reservation WHERE workspace_id = :w", w=tier.ws)
         == holds_before
     )
+
+
+def test_each_workspace_has_its_own_prefix_cache_on_a_shared_host(tier: Tier) -> None:
+    other_ws, other_key = tier.server.workspace("neighbour@example.com", usd="1")
+    with tier.server.client(other_key) as http:
+        made = http.post(
+            "/v1/instances", json={"model": tier.instance["model"], "tier": "shared-small"}
+        )
+        assert made.status_code == 202, made.text
+        ready = wait_for_state(http, made.json()["id"], {"ready", "failed"}, timeout=120)
+        assert ready["state"] == "ready", ready["last_error"]
+    neighbour = {**ready, "instance_key": made.json()["instance_key"]}
+    hosts = tier.sql(
+        "SELECT DISTINCT upstream_url FROM instance WHERE id IN (:a, :b)",
+        a=tier.instance["id"],
+        b=neighbour["id"],
+    )
+    assert len(hosts) == 1  # one vLLM server, one prefix cache
+    salts = []
+    for instance in (tier.instance, neighbour, tier.instance):
+        reply = httpx2.post(
+            f"{tier.server.url}/v1/instances/{instance['id']}/chat/completions",
+            headers={"Authorization": f"Bearer {instance['instance_key']}"},
+            json={"messages": CHAT, "max_tokens": 2},
+            timeout=60,
+        )
+        assert reply.status_code == 200, reply.text
+        salts.append(tier.bodies()[-1]["cache_salt"])
+    mine, theirs, mine_again = salts
+    # Stable per workspace (its own cache keeps working), different between workspaces,
+    # and not something another tenant could derive (the workspace id).
+    assert mine == mine_again and mine != theirs
+    assert len(mine) >= 32 and tier.ws not in mine and other_ws not in theirs
+    # A caller cannot choose a salt (to share or probe another's cache): refused, at the
+    # top level or in extra_body, and nothing reaches the upstream.
+    sent_before = len(tier.bodies())
+    for body in ({"cache_salt": theirs}, {"extra_body": {"cache_salt": theirs}}):
+        refused = tier.post("chat/completions", {"messages": CHAT, "max_tokens": 2, **body})
+        assert refused.status_code == 400 and "cache_salt" in refused.json()["error"]["param"]
+    assert len(tier.bodies()) == sent_before
