@@ -21,7 +21,7 @@ import pytest
 
 from tests.ledger_checks import settled_exactly, sql
 from tests.mcp_clients import http_client, structured
-from tests.servers import AuxenServer, instant_env, wait_for_state
+from tests.servers import AuxenServer, instant_env, kill_instance_processes, wait_for_state
 
 PER_TOKEN = 100  # micro-dollars per token, in and out ($100 per million)
 
@@ -97,6 +97,7 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
         yield Tier(server, record, ws, key, {**ready, "instance_key": made.json()["instance_key"]})
     finally:
         server.stop_clean()
+        kill_instance_processes(root / "data")
 
 
 def usage_of(reply: httpx2.Response) -> dict[str, int]:
