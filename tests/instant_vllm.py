@@ -10,7 +10,8 @@ money tests can count what an upstream would really produce:
 - each choice gets `max_completion_tokens`, else `max_tokens`, else what is left of the
   context (`--max-model-len` minus the prompt), all of them (as with `ignore_eos`);
   asking for more than the context holds is vLLM's 400;
-- `n` choices (and `best_of`, which vLLM generates and bills, when larger);
+- `n` choices (and `best_of`, which vLLM generates and bills, when larger), for each
+  prompt of a completions batch (a list of strings or of token-id lists);
 - one token is one word `x`; a prompt's tokens are its whitespace-separated words;
 - streams send one SSE event per token per choice, then the usage chunk when
   `stream_options.include_usage` is set, then `[DONE]`.
@@ -51,6 +52,13 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return max(len(str(source).split()), 1)
 
 
+def _prompt_count(prompt: Any) -> int:
+    """Prompts in a completions batch (vLLM generates for each)."""
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        return len(prompt)
+    return 1
+
+
 def _positive_int(body: dict[str, Any], name: str) -> int | None:
     value = body.get(name)
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -73,8 +81,10 @@ class Generation:
                 f"messages, {asked} in the completion). Please reduce the length."
             )
         self.tokens = max(asked if asked is not None else room, 0)
-        self.choices = _positive_int(body, "n") or 1
-        self.generated_choices = max(self.choices, _positive_int(body, "best_of") or 1)
+        n = _positive_int(body, "n") or 1
+        prompts = _prompt_count(body.get("prompt"))
+        self.choices = n * prompts
+        self.generated_choices = max(n, _positive_int(body, "best_of") or 1) * prompts
 
     @property
     def completion_tokens(self) -> int:

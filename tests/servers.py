@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,12 @@ def sqlite_server(root: Path) -> Iterator[AuxenServer]:
         yield server
     finally:
         server.stop_clean()
+
+
+def kill_instance_processes(data_dir: Path) -> None:
+    """Stop the upstream processes the local provider started under `data_dir`: they
+    outlive `auxen serve` on purpose (the next start re-attaches), and a shared host is
+    in a workspace no key reaches, so a test ends them itself."""
+    for state in (data_dir / "instances").glob("*/provider.json"):
+        with suppress(ProcessLookupError, PermissionError, ValueError, KeyError):
+            os.killpg(int(json.loads(state.read_text())["pid"]), signal.SIGKILL)

@@ -21,7 +21,8 @@ from auxen.billing.catalog import TokenPrices
 from auxen.billing.ledger import Ledger, Spend
 from auxen.billing.meter import TOKENS
 from auxen.config import Settings
-from auxen.inference.shared import SHARED_TIER
+from auxen.inference.bounds import bound_generation
+from auxen.inference.shared import SHARED_TIER, cache_salt
 from auxen.inference.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from auxen.inference.usage import UsageRecorder
 from auxen.store.db import Database
@@ -49,6 +50,7 @@ class Target:
     tier: str = "dedicated"
     client_id: str | None = None
     history: bool = False  # provisioned with conversation history
+    cache_salt: str | None = None  # shared tier: the workspace's own prefix cache
 
     @property
     def per_token(self) -> bool:
@@ -112,6 +114,9 @@ class InferenceGateway:
             state=instance.state,
             tier=instance.tier,
             history=instance.history,
+            cache_salt=cache_salt(self.settings.master_key_bytes, instance.workspace_id)
+            if instance.tier == SHARED_TIER
+            else None,
             base_url=instance.upstream_url,
             api_key=unseal(
                 self.settings.master_key_bytes,
@@ -150,21 +155,25 @@ class InferenceGateway:
             )
         return target
 
-    async def reserve(self, caller: Caller, target: Target, body: dict[str, Any]) -> str | None:
+    async def reserve(
+        self, caller: Caller, target: Target, path: str, body: dict[str, Any]
+    ) -> str | None:
         """For a per-token instance, reserve the most this request can cost before it is
-        sent (raises OverBudget): its prompt, bounded by its size in bytes (a token is at
-        least one byte of text), and its `max_tokens`, which is set to the default when
-        absent so the bound holds. None for instances billed by the hour."""
+        sent (raises OverBudget), with `body` rewritten so the upstream cannot generate
+        more than that (see `bounds`; InvalidArgument when a field makes the bound
+        uncomputable). None for instances billed by the hour."""
         if not target.per_token:
             return None
-        limit = body.get("max_tokens")
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-            body["max_tokens"] = limit = self.settings.default_max_tokens
-        prompt_bound = len(json.dumps(body.get("messages", body.get("prompt", ""))).encode())
+        bound = bound_generation(
+            body,
+            chat=path == "chat/completions",
+            default_max_tokens=self.settings.default_max_tokens,
+        )
         spend = Spend(
             target.workspace_id, target.livemode, target.instance_id, TOKENS, caller.client_id
         )
-        return await self.ledger.reserve(spend, self.token_prices.cost(prompt_bound, limit))
+        cost = self.token_prices.cost(bound.prompt_tokens, bound.completion_tokens)
+        return await self.ledger.reserve(spend, cost)
 
     def meter(
         self,
@@ -197,6 +206,8 @@ class InferenceGateway:
 
     async def send(self, target: Target, path: str, body: dict[str, Any]) -> UpstreamResponse:
         """POST `body` to the instance's `/v1/{path}`; the caller reads or streams it."""
+        if target.cache_salt is not None:
+            body["cache_salt"] = target.cache_salt
         return await self.upstream.request(
             "POST",
             f"{target.base_url}/v1/{path}",
@@ -216,7 +227,7 @@ class InferenceGateway:
         """Send one non-streamed request upstream and meter it; raises UpstreamError
         (already metered) when the instance cannot be reached, OverBudget when a
         per-token instance's request cannot be paid for."""
-        hold = await self.reserve(caller, target, body)
+        hold = await self.reserve(caller, target, path, body)
         meter = self.meter(caller, target, path, stream=False, started=started, hold=hold)
         try:
             upstream = await self.send(target, path, body)

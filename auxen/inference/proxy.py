@@ -106,7 +106,7 @@ class InferenceProxy:
             if citations and done.status < 400:
                 return _with_citations(done.content, citations)
             return _relay_json(done.status, done.content)
-        hold = await self.gateway.reserve(caller, target, body)
+        hold = await self.gateway.reserve(caller, target, path, body)
         meter = self.gateway.meter(caller, target, path, stream=True, started=started, hold=hold)
         try:
             upstream = await self.gateway.send(target, path, body)

@@ -8,8 +8,10 @@ usage, caps, TTL and idle timeout) but has no resource of its own: it becomes re
 its model's host is, with the host's address and the host's key sealed again under the
 customer workspace's key. The key never leaves the control plane; requests of different
 workspaces share the server but never a retrieval context (that is per instance) or a
-conversation (vLLM keeps none). Billed per token, never per hour. Destroying a logical
-instance leaves the host serving the others.
+conversation (vLLM keeps none), nor a prefix cache: every request goes upstream with
+its workspace's `cache_salt` (callers cannot set their own), so vLLM reuses cached prefixes
+only within one workspace and no tenant can time another's prompts. Billed per token,
+never per hour. Destroying a logical instance leaves the host serving the others.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from nacl.encoding import HexEncoder
+from nacl.hash import blake2b
 from sqlmodel import col, select
 
 from auxen.auth.sealing import seal, unseal
@@ -35,6 +39,16 @@ HOSTS_WORKSPACE = "ws_shared_hosts"
 HOST_TTL = timedelta(days=3650)  # hosts live until no longer wanted, not by a clock
 S = InstanceState
 _HOST_LIVE = (S.PENDING, S.PROVISIONING, S.STARTING, S.READY)
+
+
+def cache_salt(master_key: bytes, workspace_id: str) -> str:
+    """The workspace's prefix-cache salt on shared hosts: stable (its cache keeps
+    working), unguessable without the master key, and never the workspace id itself."""
+    digest = blake2b(
+        workspace_id.encode(), digest_size=16, key=master_key,
+        person=b"auxen-kv-salt", encoder=HexEncoder,
+    )  # fmt: skip
+    return bytes(digest).decode()
 
 
 class SharedTier:
