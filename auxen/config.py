@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     min_lifetime_s: int = Field(default=60, ge=1)
     default_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     reconcile_interval_s: float = Field(default=15.0, gt=0)
+    # PostgreSQL: a reconcile leader that stops talking (frozen, partitioned) loses the lead
+    # after this long; a pass that runs longer than reconcile_pass_timeout_s is stopped.
+    reconcile_leader_timeout_s: float = Field(default=10.0, ge=1)
+    reconcile_pass_timeout_s: float = Field(default=300.0, gt=0)
     # A process bringing up or destroying an instance holds a lease on it, renewed while
     # it works; another process takes the work over only once the lease has lapsed.
     instance_lease_s: float = Field(default=30.0, gt=0)
