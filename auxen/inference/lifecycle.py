@@ -587,6 +587,7 @@ class InstanceManager:
                 continue
             with _acting_in(keys.get(instance.workspace_id)):
                 await self._reconcile_instance(instance, owned.get(instance.id, []), now, report)
+        report.destroyed.extend(await self.shared.stop_extra_hosts())
         live = {i.id for i in rows}
         for instance_id, resources in owned.items():
             if instance_id not in live:
