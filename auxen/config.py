@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
+import os
 import secrets
 import shlex
 from functools import cached_property
@@ -131,6 +132,10 @@ class Settings(BaseSettings):
     min_lifetime_s: int = Field(default=60, ge=1)
     default_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     reconcile_interval_s: float = Field(default=15.0, gt=0)
+    # PostgreSQL: a reconcile leader that stops talking (frozen, partitioned) loses the lead
+    # after this long; a pass that runs longer than reconcile_pass_timeout_s is stopped.
+    reconcile_leader_timeout_s: float = Field(default=10.0, ge=1)
+    reconcile_pass_timeout_s: float = Field(default=300.0, gt=0)
     # A process bringing up or destroying an instance holds a lease on it, renewed while
     # it works; another process takes the work over only once the lease has lapsed.
     instance_lease_s: float = Field(default=30.0, gt=0)
@@ -289,8 +294,18 @@ def _dev_master_key(data_dir: Path) -> bytes:
         return decode_master_key(path.read_text().strip())
     data_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_bytes(32)
-    path.touch(mode=0o600)
-    path.write_text(base64.b64encode(key).decode() + "\n")
+    # Several servers may start together on one data directory: the key is written to a
+    # file of its own, then linked into place only if no other process got there first
+    # (a link never replaces), so all of them use one key and none reads a half-written one.
+    draft = data_dir / f".master.key.{os.getpid()}.{secrets.token_hex(4)}"
+    draft.touch(mode=0o600)
+    draft.write_text(base64.b64encode(key).decode() + "\n")
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        return decode_master_key(path.read_text().strip())
+    finally:
+        draft.unlink()
     log.warning(
         "development mode: generated a master key at %s; set AUXEN_MASTER_KEY "
         "(and AUXEN_ENV=production) in production",

@@ -121,14 +121,22 @@ class AuxenServer:
         return self.workspace(email, test=test, usd=usd)[1]
 
     def start(self) -> AuxenServer:
+        return self.spawn().wait_healthy()
+
+    def spawn(self, *args: str) -> AuxenServer:
+        """Start `auxen serve` (with `args`) without waiting for it (see wait_healthy)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "auxen.cli.main", "serve"],
+            [sys.executable, "-m", "auxen.cli.main", "serve", *args],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        return self
+
+    def wait_healthy(self) -> AuxenServer:
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -10,9 +10,10 @@ duplicates, and closes the usage rows of streams whose process died.
 Several control-plane processes may share one database. A bring-up is owned by the
 process holding the instance's lease (`lease_owner`, `lease_expires_at`), renewed while it
 works and taken by a conditional UPDATE, so two processes never bring up one instance.
-On PostgreSQL one process at a time runs a reconcile pass (a session advisory lock), which
-also keeps provider list calls (rate-limited) to one per interval; SQLite deployments are
-a single process.
+On PostgreSQL one process at a time runs a reconcile pass (a transaction advisory lock
+that the database drops when its holder stops talking, see `_leadership`), which also
+keeps provider list calls (rate-limited) to one per interval; SQLite deployments are a
+single process.
 """
 
 from __future__ import annotations
@@ -485,31 +486,84 @@ class InstanceManager:
 
     async def reconcile(self) -> ReconcileReport:
         """Make the database and the provider agree. Safe to run at any time, from any
-        number of processes: on PostgreSQL only one of them runs a pass at a time."""
-        async with self._leadership() as leader:
-            if not leader:
+        number of processes: on PostgreSQL only one of them runs a pass at a time, and a
+        pass ends early when it runs past `reconcile_pass_timeout_s` or loses leadership."""
+        async with self._leadership() as lost:
+            if lost is None:
                 return ReconcileReport(leader=False)
-            return await self._reconcile_pass()
+            work = asyncio.create_task(self._reconcile_pass(), name="reconcile pass")
+            await asyncio.wait(
+                [work, lost],
+                timeout=self.settings.reconcile_pass_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if work.done():
+                return work.result()
+            # Destroys and bring-ups it started are tasks of their own and carry on.
+            work.cancel()
+            await asyncio.wait([work])
+            log.warning(
+                "reconcile pass stopped: %s",
+                "leadership lost" if lost.done() else "it ran past reconcile_pass_timeout_s",
+            )
+            return ReconcileReport(leader=False)
 
     @contextlib.asynccontextmanager
-    async def _leadership(self) -> AsyncIterator[bool]:
+    async def _leadership(self) -> AsyncIterator[asyncio.Task[Any] | None]:
+        """Lead one pass: yields None when another process leads, else a task that ends
+        only if leadership is lost. On PostgreSQL the lead is a transaction-scoped
+        advisory lock on a connection that must keep talking: the server ends a
+        transaction left idle for `reconcile_leader_timeout_s` (and the lock with it),
+        so a frozen or partitioned leader gives way to the others within that time."""
         if self.db.is_sqlite:
-            yield True
+            forever = asyncio.create_task(asyncio.Event().wait())
+            try:
+                yield forever
+            finally:
+                forever.cancel()
             return
+        timeout_ms = int(self.settings.reconcile_leader_timeout_s * 1000)
+        params = {
+            "t": f"{timeout_ms}ms",
+            "name": f"auxen reconciler {self.owner}"[:63],
+            "k": RECONCILE_LOCK_ID,
+        }
         async with self.db.engine.connect() as conn:
             got = (
                 await conn.execute(
-                    sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": RECONCILE_LOCK_ID}
+                    sa.text(
+                        "SELECT set_config('idle_in_transaction_session_timeout', :t, true), "
+                        "set_config('application_name', :name, true), "
+                        "pg_try_advisory_xact_lock(:k)"
+                    ),
+                    params,
                 )
-            ).scalar()
+            ).one()[2]
+            if not got:
+                await conn.rollback()
+                yield None
+                return
+            heartbeat = asyncio.create_task(self._keep_leading(conn, timeout_ms / 3000))
             try:
-                yield bool(got)
+                yield heartbeat
             finally:
-                if got:
-                    await conn.execute(
-                        sa.text("SELECT pg_advisory_unlock(:k)"), {"k": RECONCILE_LOCK_ID}
-                    )
-                await conn.commit()
+                heartbeat.cancel()
+                await asyncio.wait([heartbeat])
+                with contextlib.suppress(Exception):  # a lost connection released it already
+                    await conn.rollback()
+
+    @staticmethod
+    async def _keep_leading(conn: Any, every_s: float) -> None:
+        """Talk on the leader's connection so its transaction is never idle for long; a
+        failure means the server ended it (the lock is gone), and this task ends."""
+        try:
+            while True:
+                await asyncio.sleep(every_s)
+                await conn.execute(sa.text("SELECT 1"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("reconcile leadership lost: %s", type(exc).__name__)
 
     async def _reconcile_pass(self) -> ReconcileReport:
         report = ReconcileReport()
@@ -536,6 +590,7 @@ class InstanceManager:
                 continue
             with _acting_in(keys.get(instance.workspace_id)):
                 await self._reconcile_instance(instance, owned.get(instance.id, []), now, report)
+        report.destroyed.extend(await self.shared.stop_extra_hosts())
         live = {i.id for i in rows}
         for instance_id, resources in owned.items():
             if instance_id not in live:

@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING
 from nacl.encoding import HexEncoder
 from nacl.hash import blake2b
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auxen.auth.sealing import seal, unseal
+from auxen.inference.host_guard import DUPLICATE_HOST, live_host, stop_extra_hosts
 from auxen.store.models import Instance, InstanceState, Workspace
 
 if TYPE_CHECKING:
@@ -60,46 +62,46 @@ class SharedTier:
 
     async def host_for(self, instance: Instance) -> Instance:
         """The live host serving `instance`'s model, started if there is none."""
-        async with self._locks[instance.model]:
-            async with self.db.scoped(HOSTS_WORKSPACE) as session:
-                host = (
-                    await session.exec(
-                        select(Instance)
-                        .where(col(Instance.model) == instance.model)
-                        .where(col(Instance.state).in_([s.value for s in _HOST_LIVE]))
-                        .order_by(col(Instance.created_at))
-                    )
-                ).first()
-            if host is not None:
-                return host
-            host = await self._new_host(instance)
-        await self.manager.launch(host.id)
+        host, made = await self._host_row(instance)
+        if made:
+            await self.manager.launch(host.id)
         return host
 
-    async def _new_host(self, instance: Instance) -> Instance:
+    async def _host_row(self, instance: Instance) -> tuple[Instance, bool]:
+        """The model's live host, made (pending) if there is none; True when made. One
+        per model across every server: see `auxen.inference.host_guard`."""
+        async with (
+            self._locks[instance.model],
+            AsyncSession(self.db.locking_engine, expire_on_commit=False) as session,
+        ):
+            return await live_host(
+                session, HOSTS_WORKSPACE, instance.model,
+                lambda: self._new_host(session, instance),
+            )  # fmt: skip
+
+    async def _new_host(self, session: AsyncSession, instance: Instance) -> Instance:
+        """A pending host for `instance`'s model, added to `session` (not committed)."""
         now = datetime.now(UTC)
-        async with self.db.system() as session:
-            if await session.get(Workspace, HOSTS_WORKSPACE) is None:
-                session.add(Workspace(id=HOSTS_WORKSPACE, name="shared-small hosts"))
-                await session.flush()
-            host = Instance(
-                workspace_id=HOSTS_WORKSPACE,
-                livemode=True,
-                model=instance.model,
-                gpu_type=instance.gpu_type,
-                tier=HOST_TIER,
-                provider=instance.provider,
-                state=S.PENDING,
-                hourly_price_micros=0,  # paid for by the tokens of the instances it serves
-                ttl_seconds=int(HOST_TTL.total_seconds()),
-                expires_at=now + HOST_TTL,
-                upstream_key_sealed=seal(
-                    self.settings.master_key_bytes, HOSTS_WORKSPACE, secrets.token_urlsafe(32)
-                ),
-                created_at=now,
-            )
-            session.add(host)
-            await session.commit()
+        if await session.get(Workspace, HOSTS_WORKSPACE) is None:
+            session.add(Workspace(id=HOSTS_WORKSPACE, name="shared-small hosts"))
+            await session.flush()
+        host = Instance(
+            workspace_id=HOSTS_WORKSPACE,
+            livemode=True,
+            model=instance.model,
+            gpu_type=instance.gpu_type,
+            tier=HOST_TIER,
+            provider=instance.provider,
+            state=S.PENDING,
+            hourly_price_micros=0,  # paid for by the tokens of the instances it serves
+            ttl_seconds=int(HOST_TTL.total_seconds()),
+            expires_at=now + HOST_TTL,
+            upstream_key_sealed=seal(
+                self.settings.master_key_bytes, HOSTS_WORKSPACE, secrets.token_urlsafe(32)
+            ),
+            created_at=now,
+        )
+        session.add(host)
         return host
 
     async def attach(self, instance: Instance) -> None:
@@ -109,6 +111,9 @@ class SharedTier:
         deadline = time.monotonic() + self.manager.provider.ready_timeout_s
         while True:
             current = await self.manager._load(host.id)
+            if current is not None and current.destroy_reason == DUPLICATE_HOST:
+                host = await self.host_for(instance)  # the reconciler kept another one
+                continue
             if current is None or current.state in (S.FAILED, S.DESTROYED, S.STOPPING):
                 await self.manager._fail(instance.id, "the shared server for this model failed")
                 return
@@ -132,6 +137,10 @@ class SharedTier:
                 await self.manager._fail(instance.id, "the shared server did not become ready")
                 return
             await asyncio.sleep(1.0)
+
+    async def stop_extra_hosts(self) -> list[str]:
+        """For the reconciler: hosts beyond one per model go (see host_guard)."""
+        return await stop_extra_hosts(self.manager, HOSTS_WORKSPACE, HOST_TIER, SHARED_TIER)
 
     async def check(self, instance: Instance) -> bool:
         """For the reconciler: False when a ready logical instance lost its host."""
