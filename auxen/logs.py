@@ -26,8 +26,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         re.compile(r"(?i)(authorization|cookie|x-api-key)(['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+"),
         r"\1\2" + REDACTED,
     ),
-    # user:password@ in URLs.
-    (re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s:@]+:[^/\s@]+@"), r"\1" + REDACTED + "@"),
+    # user:password@ in URLs (matched from the literal "://", which keeps it linear).
+    (re.compile(r"://(?<=[A-Za-z0-9+.\-]://)[^/\s:@]+:[^/\s@]+@"), "://" + REDACTED + "@"),
     # What pydantic quotes of a refused input (could be a prompt).
     (re.compile(r"input_value=.*?(?=, input_type=|$)", re.MULTILINE), "input_value=" + REDACTED),
 ]

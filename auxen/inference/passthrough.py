@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from auxen.tools.errors import InvalidArgument
 
@@ -69,14 +68,23 @@ SCHEMA_PATHS = (
     ("extra_body", "structured_outputs"),
     ("extra_body", "response_format", "json_schema"),
 )
+# The scan runs in time linear in the text (tests/test_patterns.py holds every pattern
+# Auxen applies to a caller's text, with the inputs that would make it backtrack). A key
+# starts at a word boundary with a literal prefix, and the run after it is taken whole.
+# A URL with a user or password has an "@" in its authority: after a scheme's "://",
+# before any "/", "?" or "#" (as urlsplit reads it). Starting from the literal "://"
+# (the scheme's last character checked behind it) rather than from a scheme pattern,
+# which would be tried at every letter of a long word and scan on from each, is what
+# keeps it linear: each authority scan stops at a "/", so no two scans cover the same
+# text, and the literal lets the engine skip ahead quickly.
 AUXEN_KEY = re.compile(r"\b(?:auxen_(?:live|test)_|auxk_)[A-Za-z0-9_]{16,}")
-URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
+URL_USERINFO = re.compile(r"://(?<=[A-Za-z0-9+.\-]://)[^\s\"'<>/?#@]*@")
 
 
 def sanitise(body: dict[str, Any]) -> dict[str, Any]:
     """The body to forward, or InvalidArgument naming the first offending field."""
     for path, key, value in _walk(body, ()):
-        if key is not None and not _in_schema(path) and _is_secret_name(key):
+        if key is not None and _is_secret_name(key) and not _in_schema(path):
             raise _credential(_dotted((*path, key)))
         if isinstance(value, str) and _carries_secret(value):
             raise _credential(_dotted(path if key is None else (*path, key)))
@@ -129,16 +137,9 @@ def _is_secret_name(name: str) -> bool:
 
 
 def _carries_secret(text: str) -> bool:
-    if AUXEN_KEY.search(text):
+    if ("auxk_" in text or "auxen_" in text) and AUXEN_KEY.search(text) is not None:
         return True
-    for match in URL.finditer(text):
-        try:
-            parts = urlsplit(match.group(0))
-        except ValueError:
-            continue
-        if parts.username is not None or parts.password is not None:
-            return True
-    return False
+    return URL_USERINFO.search(text) is not None
 
 
 def _dotted(path: tuple[str, ...]) -> str:

@@ -72,7 +72,7 @@ class InferenceProxy:
     async def _generate(self, request: Request, path: str) -> Response:
         started = time.perf_counter()
         caller, target = await self.authorize(request)
-        body = sanitise(await read_json_body(request, self.rt.settings.max_body_bytes))
+        body = await read_json_body(request, self.rt.settings.max_body_bytes, check=sanitise)
         model = body.get("model")
         if model is None:
             body["model"] = target.model

@@ -103,6 +103,10 @@ def _pdf_text(data: bytes, param: str) -> str:
     return text
 
 
+_SPACES = re.compile(r"[ \t\f\v]+")
+_BLANK_LINES = re.compile(r"\n\s*\n\s*")
+
+
 class _TextOfHtml(HTMLParser):
     """Visible text of an HTML page, with headings kept as Markdown headings and block
     elements as paragraph breaks, so chunking sees the page's structure."""
@@ -143,5 +147,5 @@ def _html_text(raw: str) -> str:
     parser.feed(raw)
     parser.close()
     text = "".join(parser.parts)
-    text = re.sub(r"[ \t\f\v]+", " ", text)
-    return re.sub(r"\n\s*\n\s*", "\n\n", text).strip()
+    text = _SPACES.sub(" ", text)
+    return _BLANK_LINES.sub("\n\n", text).strip()
