@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import servers
 from tests.servers import REPO, VLLM_PYTHON
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
@@ -48,6 +49,14 @@ async def _pg_admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where test servers look for local models: pytest's temporary root, under which
+    every test writes its model directories."""
+    servers.MODELS_ROOT = tmp_path_factory.getbasetemp().resolve()
+    return servers.MODELS_ROOT
 
 
 @pytest.fixture(params=["sqlite", "postgresql"], scope="module")

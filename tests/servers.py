@@ -22,6 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 # How long `auxen serve` may take to answer /health (raise it on a loaded machine).
 START_TIMEOUT_S = float(os.environ.get("AUXEN_TEST_SERVER_START_S", "60"))
 VLLM_PYTHON = Path(os.environ.get("AUXEN_TEST_VLLM_PYTHON", REPO / ".venv-vllm/bin/python"))
+# Servers serve local models from inside their models directory only; tests write model
+# directories under pytest's temporary root, so that is every test server's default
+# (set by tests/conftest.py; a test may name its own with AUXEN_MODELS_DIR).
+MODELS_ROOT: Path | None = None
 
 
 def free_port() -> int:
@@ -83,6 +87,8 @@ class AuxenServer:
             AUXEN_USAGE_FLUSH_INTERVAL_S="0.1",
         )
         env.update(vllm_env())
+        if MODELS_ROOT is not None:
+            env["AUXEN_MODELS_DIR"] = str(MODELS_ROOT)
         env.update(self.extra_env)
         return env
 

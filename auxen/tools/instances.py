@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +16,7 @@ from sqlmodel import col, select
 
 from auxen.auth.sealing import seal
 from auxen.billing.catalog import GPU_TYPES, KNOWN_MODELS, OFFERED_TIERS, TIERS, fits
+from auxen.inference.model_paths import ModelPathRefused, is_local_path, resolve_local_model
 from auxen.inference.shared import SHARED_TIER
 from auxen.runtime import Runtime
 from auxen.store.models import ApiKey, CapScope, Instance, InstanceState, KeyKind
@@ -120,13 +120,11 @@ def validate_request(rt: Runtime, req: ProvisionRequest) -> tuple[str, int]:
             f"idle_timeout must be between {shortest} and {longest} seconds",
             param="idle_timeout",
         )
-    if req.model.startswith(("/", "./", "../", "~")):
-        path = Path(req.model).expanduser()
-        if not (path / "config.json").is_file():
-            raise InvalidArgument(
-                f"model directory {req.model!r} does not exist on the server or has no config.json",
-                param="model",
-            )
+    if is_local_path(req.model):
+        try:
+            resolve_local_model(req.model, rt.settings.resolved_models_dir)
+        except ModelPathRefused as exc:
+            raise InvalidArgument(str(exc), param="model") from None
     elif not _HF_ID.match(req.model):
         raise InvalidArgument(
             "model must be a Hugging Face id like 'org/name' or an absolute directory path",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from collections import deque
 from pathlib import Path
 
 from auxen.config import Settings
+from auxen.inference.model_paths import ModelPathRefused, is_local_path, resolve_local_model
 from auxen.inference.providers.base import (
     LaunchSpec,
     OwnedResource,
@@ -50,6 +52,12 @@ class LocalVllmProvider:
         """Nothing to release: instance processes outlive the control plane on purpose."""
 
     async def create(self, spec: LaunchSpec) -> Resource:
+        if is_local_path(spec.model):  # checked when asked for; again before it runs
+            try:
+                path = resolve_local_model(spec.model, self.settings.resolved_models_dir)
+            except ModelPathRefused as exc:
+                raise ProviderError(str(exc)) from None
+            spec = dataclasses.replace(spec, model=str(path))
         workdir = self.root / spec.instance_id
         workdir.mkdir(parents=True, exist_ok=True)
         port = _free_port()
