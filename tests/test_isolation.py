@@ -7,6 +7,7 @@ nothing at all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 
 import asyncpg
@@ -14,8 +15,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
+from auxen.store import tenant_role
 from auxen.store.db import APP_ROLE, Database
-from auxen.store.models import ApiKey, KeyKind, TenantScoped, Workspace
+from auxen.store.models import ApiKey, KeyKind, Membership, Role, TenantScoped, User, Workspace
 from tests.test_store import _instance
 
 
@@ -140,19 +142,83 @@ def test_raw_sql_cannot_write_a_row_into_another_workspace(pg_url: str) -> None:
     run(pg_url, body)
 
 
+async def _tenant_connection(url: str) -> asyncpg.Connection:
+    """A raw connection as the database's tenant role, as the server's scoped sessions log in."""
+    owner = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
+    try:
+        secret = await owner.fetchval("SELECT secret FROM auxen_scope_key WHERE id = 1")
+        database = await owner.fetchval("SELECT current_database()")
+    finally:
+        await owner.close()
+    return await asyncpg.connect(
+        url.replace("postgresql://", "postgres://"),
+        user=tenant_role.role_name(database),
+        password=tenant_role.password(secret),
+    )
+
+
 def test_a_connection_that_names_no_workspace_sees_nothing(pg_url: str) -> None:
     async def body(db: Database) -> None:
         a, _ = await _seed(db)
-        conn = await asyncpg.connect(pg_url.replace("postgresql://", "postgres://"))
+        conn = await _tenant_connection(pg_url)
         try:
-            await conn.execute(f"SET ROLE {APP_ROLE}")
             assert await conn.fetchval("SELECT count(*) FROM instance") == 0
             assert await conn.fetchval("SELECT count(*) FROM workspace") == 0
-            # Naming a workspace shows exactly it: the policy keys on the setting.
+            # Naming a workspace without its signature shows nothing either: the policy
+            # keys on the role and a signed scope, not on a setting anyone can write.
             async with conn.transaction():
                 await conn.execute("SELECT set_config('auxen.workspace_id', $1, true)", a)
-                assert await conn.fetch("SELECT DISTINCT workspace_id FROM instance") == [(a,)]
-            assert await conn.fetchval("SELECT count(*) FROM instance") == 0
+                await conn.execute("SELECT set_config('auxen.scope', $1, true)", a + ".x")
+                assert await conn.fetchval("SELECT count(*) FROM instance") == 0
+        finally:
+            await conn.close()
+
+    run(pg_url, body)
+
+
+# What SQL injected into a tenant's statements might try, to see past its workspace.
+WIDENING = (
+    "SELECT set_config('auxen.system', 'on', false)",
+    "SET auxen.system = 'on'",
+    "SELECT set_config('auxen.workspace_id', '{b}', false)",
+    "SELECT set_config('auxen.scope', '{b}.' || split_part(current_setting('auxen.scope'), "
+    "'.', 2), false)",
+    "RESET ROLE",
+    f"SET ROLE {APP_ROLE}",
+    "SET ROLE postgres",
+    "SET SESSION AUTHORIZATION postgres",
+    "SELECT secret FROM auxen_scope_key",
+    f"GRANT {APP_ROLE} TO CURRENT_USER",
+    "ALTER TABLE instance DISABLE ROW LEVEL SECURITY",
+    "DROP POLICY workspace_isolation ON instance",
+    "CREATE FUNCTION pg_temp.all_rows() RETURNS bigint LANGUAGE sql SECURITY DEFINER "
+    "AS 'SELECT count(*) FROM instance'",
+)
+
+
+def test_a_tenant_connection_cannot_widen_what_it_sees(pg_url: str) -> None:
+    async def body(db: Database) -> None:
+        a, b = await _seed(db)
+        for statement in WIDENING:
+            async with db.scoped(a) as s:
+                try:
+                    await s.execute(sa.text(statement.format(b=b)))
+                except sa.exc.DBAPIError:
+                    await s.rollback()
+                for query in (
+                    "SELECT DISTINCT workspace_id FROM instance",
+                    "SELECT id FROM workspace",
+                ):
+                    seen = (await s.execute(sa.text(query))).scalars().all()
+                    assert set(seen) <= {a}, (statement, query, seen)  # never b's
+        async with db.scoped(a) as s:  # the pool's connections still see their workspace
+            assert (await s.execute(sa.text("SELECT id FROM workspace"))).scalars().all() == [a]
+        conn = await _tenant_connection(pg_url)
+        try:
+            for statement in WIDENING:
+                with contextlib.suppress(asyncpg.PostgresError):
+                    await conn.execute(statement.format(b=b))
+                assert await conn.fetchval("SELECT count(*) FROM instance") == 0, statement
         finally:
             await conn.close()
 
@@ -166,3 +232,32 @@ def test_ids_are_unguessable() -> None:
     assert len(ids) == 2000
     body = next(iter(ids)).removeprefix("inst_")
     assert len(body) >= 20  # 20 base62 characters: 119 bits from the CSPRNG
+
+
+def test_a_tenant_sees_its_members_emails_and_no_secrets_of_anyone(pg_url: str) -> None:
+    async def body(db: Database) -> None:
+        a, b = await _seed(db)
+        async with db.system() as s:
+            mine, theirs = User(email="mine@example.com"), User(email="theirs@example.com")
+            s.add_all([mine, theirs])
+            await s.flush()
+            s.add_all(
+                [
+                    Membership(workspace_id=a, user_id=mine.id, role=Role.OWNER),
+                    Membership(workspace_id=b, user_id=theirs.id, role=Role.OWNER),
+                ]
+            )
+            await s.commit()
+        async with db.scoped(a) as s:
+            emails = (await s.execute(sa.text('SELECT email FROM "user"'))).scalars().all()
+            assert emails == ["mine@example.com"]
+        for secret in (
+            'SELECT password_hash FROM "user"',
+            'SELECT totp_secret_sealed FROM "user"',
+            *(f"SELECT * FROM {table}" for table in tenant_role.PRIVATE_TABLES),
+        ):
+            async with db.scoped(a) as s:
+                with pytest.raises(sa.exc.DBAPIError, match="permission denied"):
+                    await s.execute(sa.text(secret))
+
+    run(pg_url, body)

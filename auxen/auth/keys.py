@@ -42,19 +42,40 @@ class ParsedKey:
     plaintext: str
 
 
-def mint_key(kind: KeyKind, *, livemode: bool) -> NewKey:
+def mint_key(kind: KeyKind, *, livemode: bool, seed: bytes | None = None) -> NewKey:
+    """A new random key; with `seed` (a secret of at least 32 bytes), the one key that
+    seed always gives, so a request that must answer the same key again can mint it
+    again instead of storing it (see `auxen.tools.instances`)."""
     if kind is KeyKind.INSTANCE:
         prefix = INSTANCE_PREFIX
     else:
         prefix = LIVE_PREFIX if livemode else TEST_PREFIX
-    key_id = random_token(KEY_ID_LENGTH)
-    plaintext = prefix + key_id + random_token(SECRET_LENGTH)
+    if seed is None:
+        key_id, secret = random_token(KEY_ID_LENGTH), random_token(SECRET_LENGTH)
+    else:
+        key_id, secret = (
+            _derived_token(seed, b"id", KEY_ID_LENGTH),
+            _derived_token(seed, b"secret", SECRET_LENGTH),
+        )
+    plaintext = prefix + key_id + secret
     return NewKey(
         key_id=key_id,
         plaintext=plaintext,
         secret_hash=hash_key(plaintext),
         display_prefix=plaintext[: len(prefix) + 6] + "…",
     )
+
+
+def _derived_token(seed: bytes, label: bytes, length: int) -> str:
+    """`length` base62 characters drawn from HMAC-SHA256(seed, label, counter), without
+    modulo bias (bytes past the last whole multiple of 62 are skipped)."""
+    chars: list[str] = []
+    counter = 0
+    while len(chars) < length:
+        block = hmac.new(seed, label + counter.to_bytes(4, "big"), hashlib.sha256).digest()
+        chars.extend(ALPHABET[b % 62] for b in block if b < 248)
+        counter += 1
+    return "".join(chars[:length])
 
 
 def hash_key(plaintext: str) -> bytes:

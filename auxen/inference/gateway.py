@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+from sqlmodel import col
+
 from auxen.auth.sealing import unseal
 from auxen.billing.catalog import TokenPrices
 from auxen.billing.ledger import Ledger, Spend
@@ -32,6 +35,7 @@ from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, NotFound, PermissionDenied
 from auxen.tools.permissions import Permission
 
+# How long an instance's upstream address and unsealed key are kept (its state is not).
 TARGET_TTL_S = 5.0
 # A delta or completion chunk carrying text; and a chunk carrying a usage object.
 _NON_EMPTY_TEXT = re.compile(rb'"(?:content|text)":\s*"(?!")')
@@ -98,10 +102,16 @@ class InferenceGateway:
         await self.upstream.close()
 
     async def _target(self, instance_id: str) -> Target | None:
+        """Where the instance is served and with which key (cached: unsealing costs), and
+        its state read from the database on every call: another server may have
+        destroyed or stopped it a moment ago, and no cache here may outlive that."""
         now = time.monotonic()
         cached = self._targets.get(instance_id)
         if cached is not None and cached[1] > now:
-            return cached[0]
+            current = await self._current(instance_id)
+            if current == (cached[0].state, cached[0].base_url):
+                return cached[0]
+            self.forget(instance_id)
         async with self.db.system() as session:
             instance = await session.get(Instance, instance_id)
         if instance is None:
@@ -128,6 +138,18 @@ class InferenceGateway:
         )
         self._targets[instance_id] = (target, now + TARGET_TTL_S)
         return target
+
+    async def _current(self, instance_id: str) -> tuple[InstanceState, str | None] | None:
+        """The instance's state and upstream as committed now (one indexed read)."""
+        async with self.db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(col(Instance.state), col(Instance.upstream_url)).where(
+                        col(Instance.id) == instance_id
+                    )
+                )
+            ).first()
+        return None if row is None else (InstanceState(row[0]), row[1])
 
     async def authorize(self, caller: Caller, instance_id: str) -> Target:
         """The ready instance `caller` may send inference to, or a typed error."""

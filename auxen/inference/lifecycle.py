@@ -380,6 +380,16 @@ class InstanceManager:
 
     # -- destroy -------------------------------------------------------------------
 
+    async def begin_destroy(self, instance_id: str, reason: str = "requested") -> bool:
+        """Mark a live instance `stopping`; True for the one call, of all calls in all
+        processes, that made the move (it alone audits the destroy)."""
+        return await self._transition(
+            instance_id,
+            [s for s in LIVE_STATES if s is not S.STOPPING],
+            S.STOPPING,
+            destroy_reason=reason,
+        )
+
     async def destroy(self, instance_id: str, reason: str = "requested") -> Instance:
         """Stop the instance and delete everything it held. Idempotent; a destroy in
         progress is joined, and it finishes even if the caller goes away."""
@@ -396,10 +406,9 @@ class InstanceManager:
         if instance.state is S.DESTROYED:
             return instance
         await self._enter_account(instance.workspace_id)
-        await self._transition(
-            instance_id, [*LIVE_STATES, S.FAILED], S.STOPPING, destroy_reason=reason
-        )
-        if reason != "requested" and instance.state is not S.STOPPING:
+        begun = await self.begin_destroy(instance_id, reason)
+        await self._transition(instance_id, [S.FAILED], S.STOPPING, destroy_reason=reason)
+        if begun and reason != "requested":
             # Auxen's own decision (TTL, idleness, a cap): the caller's are audited by
             # the operation that asked.
             from auxen.tools.audit import Actor, record, safely

@@ -7,32 +7,35 @@ flush a tenant row that belongs to another workspace. Handlers cannot forget the
 reconciler.
 
 On PostgreSQL the database enforces the same boundary again with row-level security
-(migration 0012): the application's connections switch to the `auxen_app` role, which
-cannot bypass RLS, and every tenant table's policy admits a row only when its
-`workspace_id` equals the transaction's `auxen.workspace_id` setting, or when the
-connection runs as the system (`auxen.system = on`, the default of the application's
-own connections). A scoped session turns the system flag off and sets the workspace for
-each of its transactions, so even raw SQL through it sees one workspace; a connection of
-the application role that sets nothing sees no tenant row at all.
+(migrations 0012 and 0016), keyed on roles: system connections switch to `auxen_app`,
+which cannot bypass RLS but whose members the policies admit to every row; scoped
+sessions use a second pool that logs in as the database's tenant role
+(`auxen.store.tenant_role`), which can never become `auxen_app`, and each of their
+transactions names its workspace in `auxen.scope`, signed with a secret the tenant role
+cannot read. So raw SQL through a scoped session sees one workspace, and no statement it
+runs (setting variables, changing roles) sees more.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auxen.config import normalise_database_url
+from auxen.store import tenant_role
 from auxen.store.models import TenantScoped
 
 WORKSPACE_KEY = "workspace_id"
+SCOPE_KEY = "auxen_scope"
 # The PostgreSQL role the application acts as (created by migration 0012).
 APP_ROLE = "auxen_app"
 
@@ -60,17 +63,12 @@ def tenant_tables() -> list[Any]:
 
 @event.listens_for(Session, "after_begin")
 def _scope_transaction(session: Session, _transaction: Any, connection: sa.Connection) -> None:
-    """Row-level security: each transaction of a scoped session sees one workspace."""
-    workspace_id = session.info.get(WORKSPACE_KEY)
-    if workspace_id is None or connection.dialect.name != "postgresql":
+    """Row-level security: each transaction of a scoped session names its workspace,
+    signed (see auxen.store.tenant_role), on the tenant role's connection."""
+    token = session.info.get(SCOPE_KEY)
+    if token is None or connection.dialect.name != "postgresql":
         return
-    connection.execute(
-        sa.text(
-            "SELECT set_config('auxen.system', 'off', true), "
-            "set_config('auxen.workspace_id', :ws, true)"
-        ),
-        {"ws": workspace_id},
-    )
+    connection.execute(sa.text("SELECT set_config('auxen.scope', :t, true)"), {"t": token})
 
 
 @event.listens_for(Session, "before_flush")
@@ -108,6 +106,10 @@ class Database:
             self.engine, class_=AsyncSession, expire_on_commit=False
         )
         self._locking_engine: AsyncEngine | None = None
+        self._tenant_lock = asyncio.Lock()
+        self._tenant_engine: AsyncEngine | None = None
+        self._tenant_sessions: async_sessionmaker[AsyncSession] | None = None
+        self._scope_secret: str | None = None
 
     @property
     def locking_engine(self) -> AsyncEngine:
@@ -128,9 +130,38 @@ class Database:
 
     @asynccontextmanager
     async def scoped(self, workspace_id: str) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session:
+        if self.is_sqlite:
+            async with self._sessions() as session:
+                session.sync_session.info[WORKSPACE_KEY] = workspace_id
+                yield session
+            return
+        sessions, secret = await self._tenant()
+        async with sessions() as session:
             session.sync_session.info[WORKSPACE_KEY] = workspace_id
+            session.sync_session.info[SCOPE_KEY] = tenant_role.scope_token(workspace_id, secret)
             yield session
+
+    async def _tenant(self) -> tuple[async_sessionmaker[AsyncSession], str]:
+        """PostgreSQL: sessions on the tenant role's own pool, and the scope secret (read
+        once, as the URL's user)."""
+        async with self._tenant_lock:
+            if self._tenant_sessions is None:
+                owner = create_async_engine(self.url)
+                try:
+                    async with owner.connect() as conn:
+                        role, password, secret = await conn.run_sync(tenant_role.login)
+                finally:
+                    await owner.dispose()
+                url = make_url(self.url).set(username=role, password=password)
+                self._tenant_engine = create_async_engine(
+                    url, pool_size=10, max_overflow=20, pool_pre_ping=True
+                )
+                self._tenant_sessions = async_sessionmaker(
+                    self._tenant_engine, class_=AsyncSession, expire_on_commit=False
+                )
+                self._scope_secret = secret
+            assert self._scope_secret is not None
+            return self._tenant_sessions, self._scope_secret
 
     @asynccontextmanager
     async def system(self) -> AsyncIterator[AsyncSession]:
@@ -138,13 +169,11 @@ class Database:
             yield session
 
     def _postgres_session(self, dbapi_connection: Any, _record: Any) -> None:
-        # Session settings, outside any transaction (a rolled-back one would undo them).
-        # The application's own connections act as the system unless a scoped session
-        # narrows a transaction to one workspace (see the module docstring).
-        statements = "SET auxen.system = 'on'"
+        # Session settings, outside any transaction (a rolled-back one would undo them):
+        # system connections act as the system role (see the module docstring).
         if self.role is not None:
-            statements = f"SET ROLE {_quoted_identifier(self.role)}; {statements}"
-        dbapi_connection.run_async(lambda conn: conn.execute(statements))
+            statement = f"SET ROLE {_quoted_identifier(self.role)}"
+            dbapi_connection.run_async(lambda conn: conn.execute(statement))
 
     async def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision, as the URL's own user (the
@@ -192,6 +221,8 @@ class Database:
     async def close(self) -> None:
         if self._locking_engine is not None:
             await self._locking_engine.dispose()
+        if self._tenant_engine is not None:
+            await self._tenant_engine.dispose()
         await self.engine.dispose()
 
 

@@ -31,3 +31,7 @@ def upgrade_to_head(connection: Connection) -> None:
         # data act for the system (see auxen.store.db).
         connection.exec_driver_sql("SET auxen.system = 'on'")
     command.upgrade(alembic_config(connection), "head")
+    if connection.dialect.name == "postgresql":
+        from auxen.store import tenant_role
+
+        tenant_role.ensure(connection)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Sequence
@@ -14,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from auxen.auth.sealing import seal
+from auxen.auth.keys import key_matches, mint_key
+from auxen.auth.sealing import seal, workspace_key
 from auxen.billing.catalog import GPU_TYPES, KNOWN_MODELS, OFFERED_TIERS, TIERS, fits
 from auxen.inference.model_paths import ModelPathRefused, is_local_path, resolve_local_model
 from auxen.inference.shared import SHARED_TIER
@@ -205,7 +208,7 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
             _, plaintext = new_key_row(
                 session, caller.workspace_id, KeyKind.INSTANCE,
                 livemode=caller.livemode, name="default", instance_id=instance.id,
-                maker=made_by(caller),
+                maker=made_by(caller), seed=_replay_seed(rt, instance),
             )  # fmt: skip
             await session.commit()
     except IntegrityError:
@@ -248,25 +251,34 @@ async def _replay(
                 f"{existing.id} with different parameters; use a new key",
                 param="idempotency_key",
             )
-        # The first response (with the key) may have been lost: if its instance key was
-        # never used, replace it so the retry can hand out a working key.
+        # The first response (with the key) may have been lost, and retries may run at
+        # once on several servers: every answer carries the same key, minted again from
+        # its seed, for as long as that key still works.
         plaintext: str | None = None
-        if not existing.state.is_terminal:
-            keys = (
-                await session.exec(select(ApiKey).where(col(ApiKey.instance_id) == existing.id))
-            ).all()
-            if all(k.last_used_at is None for k in keys):
-                for key in keys:
-                    await session.delete(key)
-                _, plaintext = new_key_row(
-                    session, caller.workspace_id, KeyKind.INSTANCE,
-                    livemode=existing.livemode, name="default", instance_id=existing.id,
-                    maker=made_by(caller),
-                )  # fmt: skip
-                await session.commit()
-                for key in keys:
-                    rt.auth.forget_key(key.id)
+        seed = _replay_seed(rt, existing)
+        if seed is not None and not existing.state.is_terminal:
+            minted = mint_key(KeyKind.INSTANCE, livemode=existing.livemode, seed=seed)
+            key = await session.get(ApiKey, minted.key_id)
+            if (
+                key is not None
+                and key.instance_id == existing.id
+                and key.revoked_at is None
+                and key.disabled_at is None
+                and key_matches(minted.plaintext, key.secret_hash)
+            ):
+                plaintext = minted.plaintext
         return Provisioned(existing, plaintext, replayed=True)
+
+
+def _replay_seed(rt: Runtime, instance: Instance) -> bytes | None:
+    """The secret an idempotent provision's instance key is minted from (None without an
+    idempotency key): bound to the master key, the workspace, the instance and its
+    idempotency key. Only the key's hash is stored, as for every key."""
+    if instance.idempotency_key is None:
+        return None
+    message = f"instance-key\0{instance.id}\0{instance.idempotency_key}".encode()
+    ws_key = workspace_key(rt.settings.master_key_bytes, instance.workspace_id)
+    return hmac.new(ws_key, message, hashlib.sha256).digest()
 
 
 async def get_instance(rt: Runtime, caller: Caller, instance_id: str) -> Instance:
@@ -330,13 +342,12 @@ async def destroy_instance(rt: Runtime, caller: Caller, instance_id: str) -> Ins
     """Stop the instance and delete everything it held. Repeating it is harmless."""
     caller.require(Permission.INSTANCES_WRITE)
     instance = await get_instance(rt, caller, instance_id)
-    already = instance.state.is_terminal
-    destroyed = await rt.instances.destroy(instance.id)
-    if not already:
+    # Concurrent destroys (on any server) record one event: the one that began it.
+    if await rt.instances.begin_destroy(instance.id):
         await audit.record_for(
             rt, caller, "instance.destroy", target_type="instance", target_id=instance.id
         )
-    return destroyed
+    return await rt.instances.destroy(instance.id)
 
 
 def _mode(caller: Caller) -> str:

@@ -75,9 +75,11 @@ def new_key_row(
     instance_id: str | None = None,
     role: Role = Role.MEMBER,
     maker: KeyMaker,
+    seed: bytes | None = None,
 ) -> tuple[ApiKey, str]:
-    """Add a key row to `session` (the caller commits); returns it and the plaintext."""
-    minted = mint_key(kind, livemode=livemode)
+    """Add a key row to `session` (the caller commits); returns it and the plaintext
+    (`seed`: see `mint_key`)."""
+    minted = mint_key(kind, livemode=livemode, seed=seed)
     row = ApiKey(
         id=minted.key_id,
         workspace_id=workspace_id,

@@ -25,8 +25,8 @@ class ProvisionResult(BaseModel):
     instance: InstanceView
     instance_key: str | None = Field(
         description="auxk_ key for this instance's OpenAI-compatible endpoint (the "
-        "instance's `endpoint`); shown once, store it now. null when an idempotent retry "
-        "finds the first key already in use."
+        "instance's `endpoint`); shown once, store it now. An idempotent retry gets the "
+        "same key again; null once that key was revoked."
     )
     idempotent_replay: bool = Field(description="True when idempotency_key matched earlier")
     waited_seconds: float | None = Field(description="How long wait=true waited; else null")
