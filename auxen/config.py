@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     vllm_max_model_len: int | None = None
     vllm_dtype: str | None = None
     vllm_cpu_kvcache_gib: int | None = None
+    # How long an instance's processes get to exit on SIGTERM before SIGKILL.
+    local_stop_grace_s: float = Field(default=15.0, gt=0, le=600)
 
     # The `runpod` provider (AUXEN_PROVIDER=runpod): pods running the vLLM image through
     # RunPod's REST API. The API key is a secret: environment only, sent only to RunPod.
@@ -72,6 +74,10 @@ class Settings(BaseSettings):
     runpod_request_timeout_s: float = Field(default=30.0, gt=0)
     runpod_max_attempts: int = Field(default=5, ge=1, le=20)
     runpod_max_backoff_s: float = Field(default=60.0, gt=0)
+    # Pods run Auxen's pod image (deploy/runpod/Dockerfile: vLLM under a watchdog that
+    # stops the pod when its paid window ends unextended); its port is reached here.
+    runpod_watchdog: bool = False
+    runpod_watchdog_url: str = "https://{pod_id}-8001.proxy.runpod.net"
     # The deployment's Hugging Face token for gated models (a workspace's own sealed token,
     # when BYOK lands, takes precedence per launch).
     hf_token: SecretStr | None = None

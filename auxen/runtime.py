@@ -70,7 +70,7 @@ class Runtime:
         manager = InstanceManager(db, provider, settings, on_change=forget_instance, prices=prices)
         meter = GpuMeter(
             db, ledger, settings.billing_tick_s, destroy=manager.destroy, alerts=alerts,
-            stale_hold_s=settings.billing_stale_hold_s,
+            stale_hold_s=settings.billing_stale_hold_s, keep_until=manager.keep_until,
         )  # fmt: skip
         payments = StripePayments(db, ledger, settings)
 

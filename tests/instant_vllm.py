@@ -19,7 +19,9 @@ money tests can count what an upstream would really produce:
 Environment knobs (all optional): `INSTANT_VLLM_STARTUP_DELAY_S` (seconds before it
 listens, like a model loading), `INSTANT_VLLM_TOKEN_DELAY_S` (seconds between streamed
 tokens), `INSTANT_VLLM_RECORD` (a file: each request's path, headers and JSON body are
-appended as one JSON line, so a test can see exactly what reached the upstream).
+appended as one JSON line, so a test can see exactly what reached the upstream),
+`INSTANT_VLLM_STUBBORN_CHILD=1` (first start a child process that ignores SIGTERM, as
+vLLM's engine workers can, and outlives the server unless it is killed).
 Test fixture only: never imported by the product.
 """
 
@@ -29,12 +31,20 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
 import uvicorn
 
 DEFAULT_MAX_MODEL_LEN = 2048
+STUBBORN_CHILD = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "while True:\n"
+    "    time.sleep(3600)\n"
+)
 
 
 def _json(body: Any) -> bytes:
@@ -259,6 +269,10 @@ def main() -> None:
     args, _ = parser.parse_known_args()
     model = args.model or (args.command[-1] if args.command else "instant")
     served = args.served_model_name or model
+    if os.environ.get("INSTANT_VLLM_STUBBORN_CHILD") == "1":
+        subprocess.Popen(  # inherits the environment, as an engine worker does
+            [sys.executable, "-c", STUBBORN_CHILD], stdin=subprocess.DEVNULL
+        )
     delay = float(os.environ.get("INSTANT_VLLM_STARTUP_DELAY_S", "0"))
     if delay:
         time.sleep(delay)

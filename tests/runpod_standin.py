@@ -18,6 +18,15 @@ Faults a test can inject (attributes of `RunpodStandin`): `capacity_gpu_ids`, `r
 applied, then the answer is held past the client's timeout), `create_delay_s`,
 `delete_delay_s`, `provisioning_s` (slow start), `never_ready` (pods run but their port
 never answers), and `vanish(pod_id)` (a pod disappears).
+
+Pods of Auxen's pod image (`WATCHDOG_IMAGE`, deploy/runpod/Dockerfile) run its entrypoint
+for real: `pod_watchdog.py` as the container's process, with the `RUNPOD_POD_ID` and
+pod-scoped `RUNPOD_API_KEY` RunPod gives every pod (that key acts on its own pod only),
+serving the pod's `8001/http` port through the proxy (`/{pod_id}-8001/...`, the stand-in
+for `https://{pod_id}-8001.proxy.runpod.net`); its vLLM role is played by the shared
+backend, so its own child only sleeps. `POST /v2/pods/{id}/action` takes `stop` (the pod
+moves to EXITED and its container ends), `start` and `terminate`, and answers 409 when
+the pod's status does not allow the action, as documented.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ import asyncio
 import os
 import re
 import secrets
+import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +54,15 @@ from starlette.routing import Route
 
 from tests.servers import VLLM_PYTHON, free_port, vllm_env
 
+WATCHDOG_IMAGE = "auxen/vllm-openai-watchdog:test"
+POD_WATCHDOG = Path(__file__).resolve().parent.parent / "auxen/inference/providers/pod_watchdog.py"
+ACTIONS = {
+    "RUNNING": {"stop", "restart", "terminate"},
+    "EXITED": {"start", "terminate"},
+    "ERROR": {"start", "terminate"},
+    "PROVISIONING": {"stop", "terminate"},
+    "STARTING": {"stop", "terminate"},
+}
 CREATE_FIELDS = {
     "name", "image", "args", "disk", "ports", "env", "registry", "mounts", "cloud", "gpu",
     "cpu", "dataCenterIds", "startSsh", "cmd",
@@ -61,6 +81,9 @@ class Pod:
     created: float = field(default_factory=time.monotonic)
     status: str = "PROVISIONING"
     account: str = ""  # the API key of the RunPod account it runs in
+    pod_key: str = field(default_factory=lambda: f"rpa_pod_{secrets.token_hex(8)}")
+    container: subprocess.Popen[bytes] | None = None  # Auxen's pod image only
+    watchdog_port: int | None = None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -73,6 +96,7 @@ class Pod:
             "ports": self.body.get("ports", []),
             "env": self.body.get("env", {}),
             "registry": None,
+            "actions": sorted(ACTIONS.get(self.status, set())),
             "cloud": self.body.get("cloud", "SECURE"),
             "gpu": {**self.body["gpu"], "displayName": self.body["gpu"]["id"]},
         }
@@ -105,6 +129,7 @@ class RunpodStandin:
         self.proxy_port = free_port()
         self.pods: dict[str, Pod] = {}
         self.deleted: list[str] = []
+        self.actions: list[tuple[str, str, float]] = []  # (pod id, action, time) taken
         self.created: list[dict[str, Any]] = []  # every create body accepted
         self.requests: list[tuple[str, str]] = []
         self.proxy_auth_seen: set[str] = set()
@@ -169,10 +194,11 @@ class RunpodStandin:
                 routes=[
                     Route("/v2/pods", self._pods, methods=["GET", "POST"]),
                     Route("/v2/pods/{pod_id}", self._pod, methods=["GET", "DELETE"]),
+                    Route("/v2/pods/{pod_id}/action", self._action, methods=["POST"]),
                 ]
             )
             proxy = Starlette(
-                routes=[Route("/{pod_id}/{path:path}", self._proxy, methods=["GET", "POST"])]
+                routes=[Route("/{pod_id}/{path:path}", self._proxy, methods=["GET", "POST", "PUT"])]
             )
             for app, port in ((api, self.api_port), (proxy, self.proxy_port)):
                 config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
@@ -200,6 +226,8 @@ class RunpodStandin:
             server.should_exit = True
         if self._thread is not None:
             self._thread.join(30)
+        for pod in self.pods.values():
+            self._end_container(pod)
         for backend in self.backends.values():
             backend.proc.terminate()
             try:
@@ -226,6 +254,7 @@ class RunpodStandin:
                 elif pod.status == "STARTING":
                     if self.start_backends and not self.never_ready:
                         self._backend_for(pod.served_name)
+                    self._start_container(pod)
                     pod.status = "RUNNING"
             for backend in self.backends.values():
                 if not backend.ready and backend.proc.poll() is None:
@@ -272,6 +301,39 @@ class RunpodStandin:
             )
             backend = self.backends[served_name] = Backend(port, key, proc)
         return backend
+
+    def _start_container(self, pod: Pod) -> None:
+        """Auxen's pod image runs its entrypoint, the watchdog, with what RunPod puts in
+        every pod's environment."""
+        if pod.body["image"] != WATCHDOG_IMAGE or pod.container is not None:
+            return
+        pod.watchdog_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUXEN_")}
+        env.update(pod.body.get("env", {}))
+        env.update(
+            RUNPOD_POD_ID=pod.id,
+            RUNPOD_API_KEY=pod.pod_key,
+            AUXEN_WATCHDOG_PORT=str(pod.watchdog_port),
+        )
+        log = (self.log_dir / f"pod-{pod.id}.log").open("ab")
+        sleeper = "import time\nwhile True: time.sleep(3600)"
+        pod.container = subprocess.Popen(
+            [sys.executable, str(POD_WATCHDOG), sys.executable, "-c", sleeper],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _end_container(self, pod: Pod) -> None:
+        if pod.container is not None and pod.container.poll() is None:
+            os.killpg(pod.container.pid, signal.SIGKILL)
+            pod.container.wait()
+        pod.container = None
+
+    def pod_log(self, pod_id: str) -> str:
+        path = self.log_dir / f"pod-{pod_id}.log"
+        return path.read_text() if path.exists() else ""
 
     # -- API -----------------------------------------------------------------------
 
@@ -346,9 +408,40 @@ class RunpodStandin:
         if self.delete_delay_s:
             await asyncio.sleep(self.delete_delay_s)
         self.pods.pop(pod_id, None)
+        self._end_container(pod)
         self.deleted.append(pod_id)
         await self._hold_if_timing_out()
         return Response(status_code=204)
+
+    async def _action(self, request: Request) -> Response:
+        pod_id = request.path_params["pod_id"]
+        pod = self.pods.get(pod_id)
+        own_key = pod is not None and _account(request) == pod.pod_key
+        if not own_key:  # a pod's own key acts on that pod; account keys as for _pod
+            refused = await self._faults(request)
+            if refused is not None:
+                return refused
+        else:
+            self.requests.append((request.method, request.url.path))
+        if pod is None or not (own_key or pod.account == _account(request)):
+            return problem(404, "Not Found", f"pod {pod_id} not found")
+        body = await request.json()
+        action = body.get("action") if isinstance(body, dict) else None
+        if action not in ACTIONS.get(pod.status, set()):
+            return problem(409, "Conflict", f"action {action!r} is not valid for {pod.status}")
+        self.actions.append((pod_id, str(action), time.time()))
+        if action == "terminate":
+            self.pods.pop(pod_id, None)
+            self._end_container(pod)
+            self.deleted.append(pod_id)
+            return Response(status_code=204)
+        if action == "stop":
+            pod.status = "EXITED"
+            # The container is stopped, as RunPod stops it: after this answer reaches the
+            # process that asked (it may be the container itself).
+            return JSONResponse(pod.view(), background=BackgroundTask(self._end_container, pod))
+        pod.status = "RUNNING"
+        return JSONResponse(pod.view())
 
     # -- proxy ---------------------------------------------------------------------
 
@@ -356,7 +449,10 @@ class RunpodStandin:
         auth = request.headers.get("authorization", "")
         self.proxy_auth_seen.add(auth)
         self.proxy_headers_seen.append((request.path_params["path"], dict(request.headers)))
-        pod = self.pods.get(request.path_params["pod_id"])
+        target = request.path_params["pod_id"]
+        if target.endswith("-8001"):
+            return await self._proxy_watchdog(request, target.removesuffix("-8001"))
+        pod = self.pods.get(target)
         if pod is None or pod.status != "RUNNING":
             return Response("pod not found or not running", status_code=404)
         backend = self.backends.get(pod.served_name)
@@ -383,6 +479,26 @@ class RunpodStandin:
             media_type=upstream.headers.get("content-type"),
             background=BackgroundTask(upstream.aclose),
         )
+
+    async def _proxy_watchdog(self, request: Request, pod_id: str) -> Response:
+        """A pod's port 8001: its watchdog, when it runs Auxen's image."""
+        pod = self.pods.get(pod_id)
+        if pod is None or pod.status != "RUNNING" or pod.watchdog_port is None:
+            return Response("pod not found or not running", status_code=404)
+        headers = {
+            k: v for k, v in request.headers.items() if k in ("authorization", "content-type")
+        }
+        try:
+            reply = await self._client.request(
+                request.method,
+                f"http://127.0.0.1:{pod.watchdog_port}/{request.path_params['path']}",
+                headers=headers,
+                content=await request.body(),
+                timeout=5.0,
+            )
+        except httpx2.HTTPError:
+            return Response("Bad Gateway", status_code=502)
+        return Response(reply.content, status_code=reply.status_code)
 
 
 def _account(request: Request) -> str:

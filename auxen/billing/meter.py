@@ -44,6 +44,8 @@ ORPHAN_GRACE = timedelta(seconds=120)
 NEAR_FRACTION = 0.8
 
 Destroy = Callable[[str, str], Awaitable[Any]]
+# Tells an instance's own watchdog where its paid time ends (see Provider.keep_until).
+KeepUntil = Callable[[Instance, datetime], Awaitable[Any]]
 
 
 class GpuMeter:
@@ -55,6 +57,7 @@ class GpuMeter:
         destroy: Destroy,
         alerts: Alerts,
         stale_hold_s: float = 900.0,
+        keep_until: KeepUntil | None = None,
     ) -> None:
         self.db = db
         self.ledger = ledger
@@ -62,6 +65,7 @@ class GpuMeter:
         self.stale_hold = timedelta(seconds=stale_hold_s)
         self.destroy = destroy
         self.alerts = alerts
+        self.keep_until = keep_until
         interval = max(0.25, self.window.total_seconds() / 4)
         self._loop = Periodic("gpu meter", self.run_once, interval)
 
@@ -140,7 +144,11 @@ class GpuMeter:
         for instance in metered:
             if instance.state.value in METERED_STATES and instance.hourly_price_micros > 0:
                 paid_until = paid.get(instance.id)
-                await self._extend(instance, as_utc(paid_until) if paid_until else None, now)
+                until = await self._extend(
+                    instance, as_utc(paid_until) if paid_until else None, now
+                )
+                if until is not None and self.keep_until is not None:
+                    await self.keep_until(instance, until)
 
     async def _settle_window(
         self, window: Reservation, instance: Instance | None, now: datetime
@@ -158,23 +166,28 @@ class GpuMeter:
         elif now >= end:
             await self.ledger.settle(window.id, window.amount_micros)
 
-    async def _extend(self, instance: Instance, paid_until: datetime | None, now: datetime) -> None:
+    async def _extend(
+        self, instance: Instance, paid_until: datetime | None, now: datetime
+    ) -> datetime | None:
+        """Reserve the next window when under half of the current one is left; the end
+        of the instance's paid time afterwards (None: it is being stopped)."""
         if paid_until is not None and paid_until - now > self.window / 2:
-            return
+            return paid_until
         start = max(paid_until or now, now)  # downtime of the control plane is not billed
         try:
-            await self.ledger.reserve(
+            reserved = await self.ledger.reserve(
                 self.spend(instance),
                 self.window_cost(instance),
                 window=(start, start + self.window),
                 unless_paid_beyond=now + self.window / 2,
             )
         except IntegrityError:
-            return  # another server process reserved this window a moment ago
+            return paid_until  # another server process reserved this window a moment ago
         except OverBudget as exc:
             await self._stop(instance, exc)
-            return
+            return None
         await self._warn_if_near(instance, now)
+        return start + self.window if reserved is not None else paid_until
 
     async def _warn_if_near(self, instance: Instance, now: datetime) -> None:
         """Tell the owners once when the balance has under an hour of the running

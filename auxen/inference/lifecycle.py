@@ -38,6 +38,7 @@ from auxen.auth.byok import WorkspaceCredentials, workspace_credentials
 from auxen.auth.sealing import unseal
 from auxen.billing.catalog import PriceBook, load_prices
 from auxen.config import Settings
+from auxen.faults import crash_point
 from auxen.inference.providers.base import (
     PROVIDER_ACCOUNT,
     LaunchSpec,
@@ -58,6 +59,7 @@ from auxen.store.models import (
     InstanceState,
     KbAttachment,
     ProviderCredential,
+    Reservation,
     UsageRecord,
     as_utc,
 )
@@ -101,6 +103,7 @@ class InstanceManager:
         self.prices = prices or load_prices(None)
         self._bring_ups: dict[str, asyncio.Task[None]] = {}
         self._destroys: dict[str, asyncio.Task[Instance]] = {}
+        self._kept: dict[str, datetime] = {}  # the last paid-until sent to each watchdog
         self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, connect=5.0))
         self._reconciler = Periodic(
             "reconciler", self._background_pass, settings.reconcile_interval_s
@@ -229,6 +232,7 @@ class InstanceManager:
                 return
             creds = await self._enter_account(instance.workspace_id, launch=True)
             api_key = self._upstream_key(instance)
+            crash_point("bring_up.provisioning")
             if instance.state is S.PROVISIONING:
                 fallbacks = tuple(filter(None, (instance.gpu_fallbacks or "").split(",")))
                 try:
@@ -241,6 +245,7 @@ class InstanceManager:
                             upstream_api_key=api_key,
                             gpu_fallbacks=fallbacks,
                             hf_token=creds.hf_token,
+                            paid_until=await self._paid_until(instance),
                         )
                     )
                 except ProviderError as exc:
@@ -264,6 +269,7 @@ class InstanceManager:
                 if not moved:  # destroyed meanwhile: do not leave the process behind
                     await self.provider.terminate(resource.provider_id, instance_id)
                     return
+                crash_point("bring_up.starting")
                 instance = await self._load(instance_id)
                 assert instance is not None
             await self._await_ready(instance, api_key)
@@ -336,6 +342,41 @@ class InstanceManager:
                 await self._claim(instance.id)
                 last_renew = now
             await asyncio.sleep(READINESS_POLL_S)
+
+    async def _paid_until(self, instance: Instance) -> datetime | None:
+        """The end of the instance's last reserved GPU window (None: not paid by the
+        hour), where its resource's own watchdog stops it."""
+        if instance.hourly_price_micros <= 0:
+            return None
+        async with self.db.system() as session:
+            end = (
+                await session.exec(
+                    select(sa.func.max(Reservation.window_end))
+                    .where(col(Reservation.instance_id) == instance.id)
+                    .where(col(Reservation.window_end).is_not(None))
+                )
+            ).one()
+        return as_utc(end) if end is not None else None
+
+    async def keep_until(self, instance: Instance, paid_until: datetime) -> None:
+        """Move the watchdog of the instance's resource to the end of its paid window
+        (the meter calls this each pass; unchanged deadlines are not sent again)."""
+        if instance.tier == SHARED_TIER or self._kept.get(instance.id) == paid_until:
+            return
+        key = None
+        if self.provider.accounts_per_workspace:
+            creds = await workspace_credentials(
+                self.db, self.settings.master_key_bytes, instance.workspace_id
+            )
+            key = creds.runpod_api_key
+        try:
+            with _acting_in(key):
+                await self.provider.keep_until(instance.provider_id or "", instance.id, paid_until)
+        except ProviderError as exc:  # tried again next pass
+            log.warning("could not extend the watchdog of %s: %s", instance.id, exc)
+            return
+        if instance.provider_id:  # before its resource is recorded, sent every pass
+            self._kept[instance.id] = paid_until
 
     def _upstream_key(self, instance: Instance) -> str:
         assert instance.upstream_key_sealed is not None
@@ -426,6 +467,8 @@ class InstanceManager:
         instance = await self._load(instance_id)
         assert instance is not None
         await self._delete_keys(instance_id)
+        self._kept.pop(instance_id, None)
+        crash_point("destroy.stopping")
         try:
             if instance.tier != SHARED_TIER:  # a shared host keeps serving the others
                 await self.provider.terminate(instance.provider_id or "", instance_id)
@@ -583,6 +626,13 @@ class InstanceManager:
         for key in (None, *keys.values()):
             with _acting_in(key):
                 for resource in await self.provider.list_owned():
+                    if not resource.running:  # workers that outlived their server
+                        log.warning(
+                            "ending stray %s of %s", resource.provider_id, resource.instance_id
+                        )
+                        await self.provider.terminate(resource.provider_id, resource.instance_id)
+                        report.orphans_terminated.append(resource.provider_id)
+                        continue
                     owned.setdefault(resource.instance_id, []).append(resource)
                     accounts[resource.provider_id] = key
         async with self.db.system() as session:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from auxen.config import Settings
-from auxen.inference.providers.base import Provider
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the watchdog runs from this package and must start light
+    from auxen.config import Settings
+    from auxen.inference.providers.base import Provider
 
 
 def build_provider(settings: Settings) -> Provider:

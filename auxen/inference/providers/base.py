@@ -1,8 +1,8 @@
 """The provider interface: every provider implements these calls and nothing else.
 
 The lifecycle never branches on a provider's name; it only calls `create`, `status`,
-`terminate` and `list_owned` (plus `describe` for progress and `logs_tail` for failure
-reports), and reads `ready_timeout_s`.
+`terminate`, `list_owned` and `keep_until` (plus `describe` for progress and `logs_tail`
+for failure reports), and reads `ready_timeout_s`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 # The account a provider call acts in: a workspace's own provider key (BYOK), set by the
@@ -34,6 +35,9 @@ class LaunchSpec:
     # A Hugging Face token for gated models: the workspace's own (BYOK, unsealed by the
     # caller just for this launch) when it has one; None uses the deployment's.
     hf_token: str | None = field(default=None, repr=False)
+    # The end of the instance's paid GPU time, when it is paid by the hour: the resource
+    # stops itself there unless `keep_until` moves it (None: no such deadline).
+    paid_until: datetime | None = None
 
     @property
     def gpu_candidates(self) -> list[str]:
@@ -58,6 +62,9 @@ class OwnedResource:
     instance_id: str
     provider_id: str
     endpoint: str
+    # False: what is left of a resource whose server is gone (a worker that outlived it);
+    # it only ever needs ending.
+    running: bool = True
 
 
 class Provider(Protocol):
@@ -83,6 +90,11 @@ class Provider(Protocol):
         ...
 
     async def list_owned(self) -> list[OwnedResource]: ...
+
+    async def keep_until(self, provider_id: str, instance_id: str, paid_until: datetime) -> None:
+        """Move the resource's own deadline: it stops by itself at `paid_until` unless
+        this is called again, whether or not a control plane is running."""
+        ...
 
     async def close(self) -> None: ...
 

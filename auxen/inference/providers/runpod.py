@@ -26,9 +26,13 @@ key is only ever in the Authorization header to AUXEN_RUNPOD_API_URL.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import shlex
+from datetime import datetime
 from typing import Any
+
+import httpx2
 
 from auxen.config import ConfigError, Settings
 from auxen.inference.providers.base import (
@@ -57,6 +61,7 @@ RUNPOD_GPU_IDS: dict[str, str] = {
 }
 _ALIVE = {"PROVISIONING", "STARTING", "RUNNING", "CREATED", "RESTARTING"}
 VLLM_PORT = 8000
+WATCHDOG_PORT = 8001
 
 
 class RunpodProvider:
@@ -82,8 +87,13 @@ class RunpodProvider:
         self.prefix = f"{settings.runpod_pod_prefix}-"
         self._accounts: dict[bytes, RunpodApi] = {}  # sha256 of a workspace's key -> client
         self._last_seen: dict[str, str] = {}  # pod id -> last status, for progress lines
+        self._watchdog_http = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(settings.runpod_request_timeout_s, connect=5.0),
+            follow_redirects=False,
+        )
 
     async def close(self) -> None:
+        await self._watchdog_http.aclose()
         await self.api.close()
         for api in self._accounts.values():
             await api.close()
@@ -168,13 +178,20 @@ class RunpodProvider:
         )
         if hf_token:
             env["HF_TOKEN"] = hf_token
+        ports = [f"{VLLM_PORT}/http"]
+        if self.settings.runpod_watchdog:  # the image's entrypoint is `pod_watchdog`
+            ports.append(f"{WATCHDOG_PORT}/http")
+            env["AUXEN_WATCHDOG_TOKEN"] = self.watchdog_token(spec.instance_id)
+            env["AUXEN_RUNPOD_API_URL"] = self.settings.runpod_api_url
+            if spec.paid_until is not None:
+                env["AUXEN_PAID_UNTIL"] = f"{spec.paid_until.timestamp():.3f}"
         return {
             "name": self.pod_name(spec.instance_id),
             "image": self.settings.runpod_image,
             "cloud": self.settings.runpod_cloud,
             "gpu": {"id": gpu_id, "count": 1},
             "disk": self.settings.runpod_disk_gb,
-            "ports": [f"{VLLM_PORT}/http"],
+            "ports": ports,
             "env": env,
             "args": shlex.join(args),
         }
@@ -240,9 +257,37 @@ class RunpodProvider:
                         instance_id=name[len(self.prefix) :],
                         provider_id=str(pod["id"]),
                         endpoint=self.endpoint(str(pod["id"])),
+                        # A stopped pod (its watchdog stopped it, or it crashed) only
+                        # ever needs deleting.
+                        running=str(pod.get("status") or "").upper() in _ALIVE,
                     )
                 )
         return owned
+
+    async def keep_until(self, provider_id: str, instance_id: str, paid_until: datetime) -> None:
+        """Move the deadline of the pod's own watchdog (`pod_watchdog`, the entrypoint
+        of Auxen's pod image), reached on the pod's watchdog port through RunPod's proxy."""
+        if not self.settings.runpod_watchdog or not provider_id:
+            return
+        url = self.settings.runpod_watchdog_url.format(pod_id=provider_id).rstrip("/")
+        try:
+            reply = await self._watchdog_http.put(
+                f"{url}/paid-until",
+                json={"paid_until": paid_until.timestamp()},
+                headers={"Authorization": f"Bearer {self.watchdog_token(instance_id)}"},
+            )
+        except httpx2.HTTPError as exc:
+            raise ProviderError(f"cannot reach the watchdog of pod {provider_id}: {exc}") from None
+        if reply.status_code != 200:
+            raise ProviderError(
+                f"the watchdog of pod {provider_id} answered HTTP {reply.status_code}"
+            )
+
+    def watchdog_token(self, instance_id: str) -> str:
+        """What the control plane proves itself with to one pod's watchdog: derived from
+        the master key, so it survives restarts and differs per instance."""
+        key = self.settings.master_key_bytes
+        return hmac.new(key, f"pod-watchdog:{instance_id}".encode(), "sha256").hexdigest()
 
     async def logs_tail(self, provider_id: str, instance_id: str, lines: int = 30) -> str:
         # The v2 log stream is not read here; the last status seen says where it stopped.
