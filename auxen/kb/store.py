@@ -19,14 +19,18 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lancedb
 import numpy as np
-import pyarrow as pa
-from lancedb.index import FTS, IvfFlat
 
 from auxen.kb.embeddings import Vectors
+
+if TYPE_CHECKING:
+    import lancedb
+    import pyarrow as pa
+
+# LanceDB (with pyarrow) takes seconds to import, so it is imported where a knowledge
+# base is first touched: CLI commands and servers that never reach one do not pay for it.
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,8 @@ def _check_id(value: str) -> str:
 
 
 def _schema(dimension: int) -> pa.Schema:
+    import pyarrow as pa
+
     return pa.schema(
         [
             pa.field("chunk_id", pa.string()),
@@ -84,6 +90,8 @@ class ChunkStore:
     async def _db(self, workspace_id: str) -> lancedb.AsyncConnection:
         db = self._dbs.get(workspace_id)
         if db is None:
+            import lancedb
+
             db = await lancedb.connect_async(self.workspace_uri(workspace_id))
             self._dbs[workspace_id] = db
         return db
@@ -117,6 +125,9 @@ class ChunkStore:
             texts += doc_texts
         if not texts:
             return
+        import pyarrow as pa
+        from lancedb.index import FTS
+
         vectors = np.concatenate([v for _, _, v in documents])
         batch = pa.table(
             {
@@ -141,6 +152,8 @@ class ChunkStore:
             await self._maintain_indexes(table)
 
     async def _maintain_indexes(self, table: Any) -> None:
+        from lancedb.index import IvfFlat
+
         indexes = {i.columns[0]: i for i in await table.list_indices()}
         rows = await table.count_rows()
         # The vector index's partitions are fixed when it is built; rows added later join

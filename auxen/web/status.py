@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import lancedb
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -52,6 +51,8 @@ class StatusPage:
         return {"name": name, "status": state, "detail": detail, "latency": took}
 
     async def _vector_store(self) -> None:
+        import lancedb  # seconds to import; only a status check needs it here
+
         db = await lancedb.connect_async(self.rt.settings.resolved_kb_uri)
         await db.table_names()
 
