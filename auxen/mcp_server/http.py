@@ -32,6 +32,7 @@ from auxen.auth.oauth import ACCESS_PREFIX, DEFAULT_SCOPES, resource_url
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.config import Settings
 from auxen.httputil import bearer
+from auxen.mcp_server.resumable import ResumableSessions
 from auxen.mcp_server.server import AuxenMCP, build_server
 from auxen.mcp_server.session_quota import SessionQuota
 from auxen.runtime import Runtime
@@ -73,13 +74,14 @@ class McpEndpoint:
         security = transport_security(rt.settings)
         self.origin_check = TransportSecurityMiddleware(security)
         self.server: AuxenMCP = build_server(rt, self.caller_of)
-        self.server.streamable_http_app(
-            transport_security=security,
+        self.server.streamable_http_app(transport_security=security)
+        self.sessions = ResumableSessions(
+            self.server.session_manager.app,
+            security_settings=security,
             max_request_body_size=rt.settings.max_body_bytes + 65_536,
             session_idle_timeout=SESSION_IDLE_S,
             max_sessions=MAX_SESSIONS,
         )
-        self.sessions = self.server.session_manager
         self.tool_scopes = self.server.tool_scopes
         self.quota = SessionQuota(MAX_SESSIONS_PER_KEY, SESSION_IDLE_S, self._close_session)
 
