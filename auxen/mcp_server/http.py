@@ -158,15 +158,21 @@ class McpEndpoint:
         key_id = session_owner(caller)
         session_id = request.headers.get("mcp-session-id")
         mine = session_id is not None and self.quota.owner_of(session_id) == key_id
-        if session_id is None and request.method == "POST" and _may_open_session(request):
-            if not await self.quota.admit(key_id):
-                await _too_many_sessions()(scope, receive, send)
-                return
-            send = self._recording_new_session(send, key_id)
         # Identity the SDK binds each session to (never the key or token itself).
         scope["user"] = AuthenticatedUser(
             AccessToken(token=key_id, client_id=key_id, scopes=[], subject=caller.workspace_id)
         )
+        if session_id is None and request.method == "POST" and _may_open_session(request):
+            if not await self.quota.admit(key_id):
+                await _too_many_sessions()(scope, receive, send)
+                return
+            try:
+                await self.sessions.handle_request(
+                    scope, receive, self._recording_new_session(send, key_id)
+                )
+            finally:
+                self.quota.admitted(key_id)
+            return
         if session_id is None or not mine:
             await self.sessions.handle_request(scope, receive, send)
             return
