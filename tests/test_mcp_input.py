@@ -541,6 +541,25 @@ def test_one_key_cannot_hold_every_session(world: World) -> None:
             assert (await client.post(url, json=INITIALIZE)).status_code == 200
 
     asyncio.run(all_busy())
+
+    async def a_crowd_at_once() -> None:
+        # 40 opened at once by a fresh key: whatever order they are answered in, no
+        # more than 32 of its sessions are alive afterwards.
+        crowd = http.post("/v1/keys", json={"name": "crowd"}).json()
+        auth = {"Authorization": f"Bearer {crowd['key']}"}
+        async with httpx2.AsyncClient(headers={**headers, **auth}, timeout=60) as client:
+            answers = await asyncio.gather(*(client.post(url, json=INITIALIZE) for _ in range(40)))
+            assert {r.status_code for r in answers} <= {200, 429}
+            ids = [r.headers["mcp-session-id"] for r in answers if r.status_code == 200]
+            alive = 0
+            for sid in ids:
+                ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+                session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+                alive += (await client.post(url, json=ping, headers=session)).status_code == 200
+            assert 0 < alive <= 32, (alive, len(ids))
+        http.delete(f"/v1/keys/{crowd['id']}")
+
+    asyncio.run(a_crowd_at_once())
     http.delete(f"/v1/keys/{made['id']}")
 
 

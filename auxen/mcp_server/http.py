@@ -32,6 +32,7 @@ from auxen.auth.oauth import ACCESS_PREFIX, DEFAULT_SCOPES, resource_url
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.config import Settings
 from auxen.httputil import bearer
+from auxen.mcp_server.resumable import ResumableSessions
 from auxen.mcp_server.server import AuxenMCP, build_server
 from auxen.mcp_server.session_quota import SessionQuota
 from auxen.runtime import Runtime
@@ -73,13 +74,14 @@ class McpEndpoint:
         security = transport_security(rt.settings)
         self.origin_check = TransportSecurityMiddleware(security)
         self.server: AuxenMCP = build_server(rt, self.caller_of)
-        self.server.streamable_http_app(
-            transport_security=security,
+        self.server.streamable_http_app(transport_security=security)
+        self.sessions = ResumableSessions(
+            self.server.session_manager.app,
+            security_settings=security,
             max_request_body_size=rt.settings.max_body_bytes + 65_536,
             session_idle_timeout=SESSION_IDLE_S,
             max_sessions=MAX_SESSIONS,
         )
-        self.sessions = self.server.session_manager
         self.tool_scopes = self.server.tool_scopes
         self.quota = SessionQuota(MAX_SESSIONS_PER_KEY, SESSION_IDLE_S, self._close_session)
 
@@ -156,15 +158,21 @@ class McpEndpoint:
         key_id = session_owner(caller)
         session_id = request.headers.get("mcp-session-id")
         mine = session_id is not None and self.quota.owner_of(session_id) == key_id
-        if session_id is None and request.method == "POST" and _may_open_session(request):
-            if not await self.quota.admit(key_id):
-                await _too_many_sessions()(scope, receive, send)
-                return
-            send = self._recording_new_session(send, key_id)
         # Identity the SDK binds each session to (never the key or token itself).
         scope["user"] = AuthenticatedUser(
             AccessToken(token=key_id, client_id=key_id, scopes=[], subject=caller.workspace_id)
         )
+        if session_id is None and request.method == "POST" and _may_open_session(request):
+            if not await self.quota.admit(key_id):
+                await _too_many_sessions()(scope, receive, send)
+                return
+            try:
+                await self.sessions.handle_request(
+                    scope, receive, self._recording_new_session(send, key_id)
+                )
+            finally:
+                self.quota.admitted(key_id)
+            return
         if session_id is None or not mine:
             await self.sessions.handle_request(scope, receive, send)
             return

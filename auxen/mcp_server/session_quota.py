@@ -31,6 +31,9 @@ class SessionQuota:
         self.idle_s = idle_s  # the server closes sessions idle this long by itself
         self._close_session = close_session
         self._sessions: dict[str, _Session] = {}
+        # Sessions admitted whose opening request is still being answered: counted, so
+        # many simultaneous opens cannot all slip under the limit.
+        self._opening: dict[str, int] = {}
 
     def owner_of(self, session_id: str) -> str | None:
         session = self._sessions.get(session_id)
@@ -44,15 +47,26 @@ class SessionQuota:
             if not s.in_flight and now - s.last_active > self.idle_s:
                 del self._sessions[sid]  # expired on the server already
         mine = [(s.last_active, sid) for sid, s in self._sessions.items() if s.owner == owner]
-        if len(mine) < self.limit:
+        if len(mine) + self._opening.get(owner, 0) >= self.limit:
+            idle = sorted(entry for entry in mine if not self._sessions[entry[1]].in_flight)
+            if not idle:
+                return False
+            _, oldest = idle[0]
+            del self._sessions[oldest]
+            self._opening[owner] = self._opening.get(owner, 0) + 1  # before any await
+            await self._close_session(oldest)
             return True
-        idle = sorted(entry for entry in mine if not self._sessions[entry[1]].in_flight)
-        if not idle:
-            return False
-        _, oldest = idle[0]
-        del self._sessions[oldest]
-        await self._close_session(oldest)
+        self._opening[owner] = self._opening.get(owner, 0) + 1
         return True
+
+    def admitted(self, owner: str) -> None:
+        """The opening request of a session `admit` let in has been answered (the
+        session is `opened` by now, or it was not established)."""
+        left = self._opening.get(owner, 0) - 1
+        if left > 0:
+            self._opening[owner] = left
+        else:
+            self._opening.pop(owner, None)
 
     def opened(self, session_id: str, owner: str) -> None:
         self._sessions[session_id] = _Session(owner, time.monotonic())
