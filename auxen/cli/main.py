@@ -55,23 +55,34 @@ def _call(method: str, path: str, **kwargs: Any) -> Any:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address")] = None,
     port: Annotated[int | None, typer.Option(help="Port")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=64, help="Server processes on this port (PostgreSQL only)"),
+    ] = 1,
 ) -> None:
     """Run the control plane (REST, inference proxy) with uvicorn."""
     import logging
+    import os
 
     import uvicorn
 
     from auxen.app import create_app
 
-    overrides: dict[str, Any] = {}
+    # Worker processes read their settings from the environment, as this one does.
     if host:
-        overrides["host"] = host
+        os.environ["AUXEN_HOST"] = host
     if port:
-        overrides["port"] = port
-    settings = Settings(**overrides)
+        os.environ["AUXEN_PORT"] = str(port)
+    settings = Settings()
     configure_logging(logging.INFO)
+    if workers > 1 and settings.resolved_database_url.startswith("sqlite"):
+        err.print(
+            "[red]error (--workers):[/] several server processes need a PostgreSQL database "
+            "(set AUXEN_DATABASE_URL=postgresql://...); on SQLite run one process"
+        )
+        raise typer.Exit(2)
     try:
-        application = create_app(settings)
+        application = create_app(settings) if workers == 1 else None
     except ConfigError as exc:
         err.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -87,7 +98,9 @@ def serve(
             "[bold]auxen init --email you@example.com[/]"
         )
     uvicorn.run(
-        application,
+        application or "auxen.app:create_app",
+        factory=application is None,
+        workers=workers,
         host=settings.host,
         port=settings.port,
         log_config=None,  # our handler, with its redaction filter (auxen.logs)
