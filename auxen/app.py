@@ -14,18 +14,21 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from auxen import __version__
+from auxen.auth.oauth.client_metadata import MAX_REQUEST_BYTES
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.auth.oauth.routes import AuthorizationServer
+from auxen.body_limits import BodyLimits
 from auxen.config import Settings
 from auxen.header_values import TrimHeaderValues
+from auxen.inference.fair_endpoint import FairEndpoint
 from auxen.inference.proxy import InferenceProxy
 from auxen.mcp_server.http import McpEndpoint
-from auxen.rest.billing import BillingApi
+from auxen.rest.billing import WEBHOOK_MAX_BYTES, BillingApi
 from auxen.rest.conversations import ConversationsApi
 from auxen.rest.credentials import CredentialsApi
 from auxen.rest.errors import auxen_error, http_error, unexpected_error
 from auxen.rest.handlers import RestApi
-from auxen.rest.knowledge import KnowledgeApi
+from auxen.rest.knowledge import FORM_OVERHEAD_BYTES, KnowledgeApi
 from auxen.rest.members import MembersApi
 from auxen.rest.notifications import NotificationsApi
 from auxen.runtime import Runtime
@@ -37,6 +40,9 @@ from auxen.web.members import MemberPages
 from auxen.web.pages import STATIC_DIR, Pages
 from auxen.web.security import SecurityHeaders, SecuritySurface
 from auxen.web.status import StatusPage
+
+# Forms (sign-in, consent, OAuth token and revocation, dashboard actions) are small.
+FORM_MAX_BYTES = 32 * 1024
 
 
 def create_app(settings: Settings | None = None, *, background: bool = True) -> Starlette:
@@ -72,10 +78,17 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         Route("/v1/instances/{id}", rest.destroy_instance, methods=["DELETE"]),
         Route("/v1/instances/{id}/keys", rest.create_instance_key, methods=["POST"]),
         # OpenAI-compatible inference, one base URL per instance.
+        # (each admitted by the fair-use limits for as long as its answer streams)
         Route(
-            "/v1/instances/{instance_id}/chat/completions", proxy.chat_completions, methods=["POST"]
+            "/v1/instances/{instance_id}/chat/completions",
+            FairEndpoint(rt, proxy.chat_completions),
+            methods=["POST"],
         ),
-        Route("/v1/instances/{instance_id}/completions", proxy.completions, methods=["POST"]),
+        Route(
+            "/v1/instances/{instance_id}/completions",
+            FairEndpoint(rt, proxy.completions),
+            methods=["POST"],
+        ),
         Route("/v1/instances/{instance_id}/models", proxy.models, methods=["GET"]),
         Route("/v1/keys", rest.create_key, methods=["POST"]),
         Route("/v1/keys", rest.list_keys, methods=["GET"]),
@@ -196,13 +209,25 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         finally:
             await rt.close()
 
+    # The most a body may be on each route prefix, enforced while it arrives; the first
+    # match wins and anything else (pages, OAuth forms) gets FORM_MAX_BYTES.
+    settings = rt.settings
+    kb_upload = settings.kb_max_document_bytes * 4 // 3 + FORM_OVERHEAD_BYTES
+    body_limits = [
+        ("/v1/stripe/webhook", WEBHOOK_MAX_BYTES),
+        ("/v1/knowledge-bases", kb_upload),
+        ("/v1", settings.max_body_bytes),
+        ("/mcp", settings.max_body_bytes + 65_536),
+        ("/register", MAX_REQUEST_BYTES),
+    ]
     app = Starlette(
         routes=routes,
-        # Security headers on every response: pages, REST, MCP and static files.
         middleware=[
-            Middleware(SecurityHeaders, settings=rt.settings),
+            # Security headers on every response: pages, REST, MCP and static files.
+            Middleware(SecurityHeaders, settings=settings),
             # Header values without surrounding whitespace (RFC 9110 section 5.5).
             Middleware(TrimHeaderValues),
+            Middleware(BodyLimits, limits=body_limits, default=FORM_MAX_BYTES),
         ],
         exception_handlers={
             AuxenError: auxen_error,

@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     status_check_timeout_s: float = Field(default=2.0, gt=0, le=30)
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Fair use of inference (OpenAI-compatible endpoints and query_instance), per control
+    # plane process: requests in flight at once and started per minute, per key and per
+    # workspace; over them the answer is 429 with Retry-After.
+    inference_key_concurrency: int = Field(default=32, ge=1)
+    inference_key_rpm: int = Field(default=3000, ge=1)
+    inference_workspace_concurrency: int = Field(default=64, ge=1)
+    inference_workspace_rpm: int = Field(default=6000, ge=1)
     max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     # The shortest TTL or idle timeout an instance may ask for.
     min_lifetime_s: int = Field(default=60, ge=1)

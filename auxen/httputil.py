@@ -42,10 +42,12 @@ def bearer(request: Request) -> str | None:
 
 
 async def read_json_body(
-    request: Request, limit: int, *, check: BodyCheck | None = None
+    request: Request, limit: int, *, check: BodyCheck | None = None, nul_ok: bool = False
 ) -> dict[str, Any]:
     """The body as a JSON object, at most `limit` bytes, passed through `check` (a
-    synchronous validator that may rewrite it) off the event loop when it is large."""
+    synchronous validator that may rewrite it) off the event loop when it is large.
+    NUL characters are refused (`auxen.jsonparse`) unless `nul_ok`: text that is never
+    stored, such as a prompt, may carry them."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"request body is larger than {limit} bytes")
@@ -57,15 +59,17 @@ async def read_json_body(
     if not raw.strip():
         raise InvalidArgument("request body is empty; send a JSON object")
     if len(raw) <= OFF_LOOP_BYTES:
-        return _parse_object(bytes(raw), check)
+        return _parse_object(bytes(raw), check, nul_ok)
     global _limiter
     if _limiter is None:
         _limiter = anyio.CapacityLimiter(OFF_LOOP_THREADS)
-    return await anyio.to_thread.run_sync(_parse_object, bytes(raw), check, limiter=_limiter)
+    return await anyio.to_thread.run_sync(
+        _parse_object, bytes(raw), check, nul_ok, limiter=_limiter
+    )
 
 
-def _parse_object(raw: bytes, check: BodyCheck | None) -> dict[str, Any]:
-    body = parse_json(raw)
+def _parse_object(raw: bytes, check: BodyCheck | None, nul_ok: bool = False) -> dict[str, Any]:
+    body = parse_json(raw, nul_ok=nul_ok)
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     return body if check is None else check(body)

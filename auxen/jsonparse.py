@@ -1,9 +1,11 @@
 """Parsing a caller's JSON, one way for every endpoint (REST, the inference proxy, MCP).
 
 Valid JSON can still be hostile: 100,000 nested lists make the decoder (and anything
-that walks the result recursively) run out of stack. `parse_json` refuses anything
-nested deeper than `MAX_DEPTH` with an InvalidArgument that says so, before any handler
-or validator sees it. The depth is measured without recursion.
+that walks the result recursively) run out of stack, and a NUL character (`\\u0000`)
+is a string SQLite stores and PostgreSQL refuses. `parse_json` refuses anything nested
+deeper than `MAX_DEPTH`, and (unless the caller's text never reaches the database, as
+with prompts) any key or string holding a NUL, with an InvalidArgument naming the field,
+before any handler or validator sees it. Both walks are iterative.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from auxen.tools.errors import InvalidArgument
 MAX_DEPTH = 64
 
 
-def parse_json(raw: bytes | bytearray | str) -> Any:
-    """The decoded value, or InvalidArgument for text that is not JSON or is nested
-    deeper than MAX_DEPTH."""
+def parse_json(raw: bytes | bytearray | str, *, nul_ok: bool = False) -> Any:
+    """The decoded value, or InvalidArgument for text that is not JSON, is nested deeper
+    than MAX_DEPTH or (unless `nul_ok`) has a NUL character in a key or string."""
     try:
         value = json.loads(raw)
     except RecursionError as exc:
@@ -28,7 +30,33 @@ def parse_json(raw: bytes | bytearray | str) -> Any:
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from exc
     if nesting_depth(value) > MAX_DEPTH:
         raise too_deep()
+    escaped_nul = "\\u0000" if isinstance(raw, str) else b"\\u0000"
+    if not nul_ok and escaped_nul in raw:  # type: ignore[operator]
+        where = nul_path(value)
+        if where is not None:
+            raise InvalidArgument(
+                f"{where} contains a NUL character (\\u0000), which cannot be stored; remove it",
+                param=where,
+            )
     return value
+
+
+def nul_path(value: Any) -> str | None:
+    """The dotted path of the first key or string holding a NUL character, or None."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return ".".join(path) or "body"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key:
+                    return ".".join((*path, key.replace("\x00", "\\u0000")))
+                stack.append((child, (*path, key)))
+        elif isinstance(item, list):
+            stack.extend((child, (*path, str(n))) for n, child in enumerate(item))
+    return None
 
 
 def nesting_depth(value: Any) -> int:

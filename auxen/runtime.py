@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from auxen.auth.authenticate import KeyAuthenticator
 from auxen.billing.alerts import Alerts
@@ -12,6 +12,7 @@ from auxen.billing.ledger import Ledger
 from auxen.billing.meter import GpuMeter
 from auxen.billing.stripe_payments import StripePayments
 from auxen.config import ConfigError, Settings
+from auxen.inference.fairness import Fairness
 from auxen.inference.gateway import InferenceGateway
 from auxen.inference.lifecycle import InstanceManager
 from auxen.inference.providers import build_provider
@@ -41,6 +42,10 @@ class Runtime:
     payments: StripePayments
     alerts: Alerts
     notifier: NotificationWorker
+    fairness: Fairness = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fairness = Fairness(self.settings)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:

@@ -72,7 +72,8 @@ class InferenceProxy:
     async def _generate(self, request: Request, path: str) -> Response:
         started = time.perf_counter()
         caller, target = await self.authorize(request)
-        body = await read_json_body(request, self.rt.settings.max_body_bytes, check=sanitise)
+        limit = self.rt.settings.max_body_bytes
+        body = await read_json_body(request, limit, check=sanitise, nul_ok=True)
         model = body.get("model")
         if model is None:
             body["model"] = target.model

@@ -32,12 +32,13 @@ from auxen.auth.oauth import ACCESS_PREFIX, DEFAULT_SCOPES, resource_url
 from auxen.auth.oauth.provider import OAuthProvider
 from auxen.config import Settings
 from auxen.httputil import bearer
+from auxen.jsonparse import parse_json
 from auxen.mcp_server.resumable import ResumableSessions
 from auxen.mcp_server.server import AuxenMCP, build_server
 from auxen.mcp_server.session_quota import SessionQuota
 from auxen.runtime import Runtime
 from auxen.tools.context import Caller
-from auxen.tools.errors import Unauthenticated
+from auxen.tools.errors import InvalidArgument, Unauthenticated
 from auxen.tools.members import membership_role
 
 CALLER_KEY = "auxen.caller"
@@ -147,9 +148,13 @@ class McpEndpoint:
                 scope, receive, send
             )
             return
-        if caller.scopes is not None and request.method == "POST":
-            receive, needed = await self._tool_scope(request, receive)
-            if needed is not None and needed not in caller.scopes:
+        if request.method == "POST":
+            try:
+                receive, needed = await self._tool_scope(request, receive)
+            except InvalidArgument as exc:
+                await _invalid_request(exc)(scope, receive, send)
+                return
+            if caller.scopes is not None and needed is not None and needed not in caller.scopes:
                 await _insufficient_scope(needed, self._challenge("insufficient_scope", needed))(
                     scope, receive, send
                 )
@@ -191,7 +196,8 @@ class McpEndpoint:
 
     async def _tool_scope(self, request: Request, receive: Receive) -> tuple[Receive, str | None]:
         """The scope a `tools/call` POST needs, read before the SDK sees the request; the
-        body is handed on unchanged."""
+        body is handed on unchanged. Every POST body passes the one JSON parser first
+        (`auxen.jsonparse`: nesting depth, NUL characters), InvalidArgument if not."""
         body = bytearray()
         while True:
             message = await receive()
@@ -200,9 +206,12 @@ class McpEndpoint:
                 break
         needed: str | None = None
         try:
-            payload = json.loads(body)
-        except ValueError:
-            payload = None
+            payload = parse_json(body)
+        except InvalidArgument as exc:
+            if exc.param is None:
+                payload = None  # not JSON: the SDK answers its own parse error
+            else:
+                raise
         calls = payload if isinstance(payload, list) else [payload]
         for call in calls:
             if isinstance(call, dict) and call.get("method") == "tools/call":
@@ -265,6 +274,25 @@ def _too_many_sessions() -> Response:
         status_code=429,
         media_type="application/json",
         headers={"Retry-After": "5"},
+    )
+
+
+def _invalid_request(error: InvalidArgument) -> Response:
+    """JSON-RPC's Invalid Request, naming the field, for a body no tool may receive."""
+    return Response(
+        json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {
+                    "code": -32600,
+                    "message": error.message,
+                    "data": {"param": error.param},
+                },
+            }
+        ),
+        status_code=400,
+        media_type="application/json",
     )
 
 

@@ -53,6 +53,7 @@ async def auxen_error(request: Request, exc: Exception) -> Response:
         response.headers["WWW-Authenticate"] = 'Bearer realm="auxen"'
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after_s)
+        response.headers.update(getattr(exc, "headers", {}))
     return response
 
 

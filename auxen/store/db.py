@@ -33,6 +33,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from auxen.config import normalise_database_url
 from auxen.store import tenant_role
 from auxen.store.models import TenantScoped
+from auxen.tools.errors import InvalidArgument
 
 WORKSPACE_KEY = "workspace_id"
 SCOPE_KEY = "auxen_scope"
@@ -81,6 +82,26 @@ def _refuse_cross_workspace_writes(session: Session, _ctx: Any, _instances: Any)
             raise CrossWorkspaceWrite(
                 f"{type(obj).__name__} of another workspace in a session scoped to {workspace_id}"
             )
+
+
+@event.listens_for(sa.Engine, "before_cursor_execute")
+def _refuse_nul_characters(
+    _conn: Any, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool
+) -> None:
+    """No value with a NUL character reaches a statement, on any database: PostgreSQL
+    refuses such text (a 500 if it got there) and SQLite would store what PostgreSQL
+    cannot. JSON bodies are refused with the field's path before they get here
+    (`auxen.jsonparse`); this is the one check for every other way in (forms, query
+    strings, headers), naming the column the value was for."""
+    for params in getattr(context, "compiled_parameters", None) or ():
+        for name, value in params.items():
+            if isinstance(value, str) and "\x00" in value:
+                field = name.rstrip("0123456789").rstrip("_") or name
+                raise InvalidArgument(
+                    f"{field} contains a NUL character (\\u0000), which cannot be stored; "
+                    "remove it",
+                    param=field,
+                )
 
 
 class Database:

@@ -164,7 +164,8 @@ async def query_instance(rt: Runtime, caller: Caller, req: QueryRequest) -> Quer
             body[name] = value
     started = time.perf_counter()
     try:
-        done = await rt.gateway.complete(caller, target, path, body, started=started)
+        async with rt.fairness.admit(caller):
+            done = await rt.gateway.complete(caller, target, path, body, started=started)
     except UpstreamError:
         raise Unavailable(
             f"instance {req.instance_id} is not answering; check its state with get_instance",

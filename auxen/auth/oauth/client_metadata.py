@@ -14,6 +14,8 @@ import json
 from typing import Any
 
 from auxen.auth.oauth.redirect_uris import RedirectUriError, check_redirect_uri
+from auxen.jsonparse import parse_json
+from auxen.tools.errors import InvalidArgument
 
 MAX_REQUEST_BYTES = 16 * 1024
 MAX_REDIRECT_URIS = 10
@@ -63,9 +65,11 @@ def parse_registration(body: bytes) -> dict[str, Any]:
             "request", f"client metadata is at most {MAX_REQUEST_BYTES} bytes of JSON"
         )
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ClientMetadataError("request", "client metadata must be a JSON object") from None
+        document = parse_json(body)
+    except InvalidArgument as exc:
+        if exc.param is None:
+            raise ClientMetadataError("request", "client metadata must be a JSON object") from None
+        raise ClientMetadataError(exc.param, exc.message) from None
     if not isinstance(document, dict):
         raise ClientMetadataError("request", "client metadata must be a JSON object")
     return document
