@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     # A stream's usage row is checkpointed every flush; one not checkpointed for this long
     # lost its process and is marked interrupted by the reconciler.
     usage_stream_stale_s: float = Field(default=30.0, gt=0)
+    # A shared-small host with no live instance for this long is stopped (scale to zero);
+    # the next instance of its model starts it again.
+    shared_host_idle_s: float = Field(default=600.0, gt=0)
 
     # Knowledge bases. LanceDB lives under <data_dir>/kb unless kb_uri names another
     # directory or an object-storage URI (s3://bucket/prefix); one namespace per workspace.
