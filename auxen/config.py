@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     vllm_cpu_kvcache_gib: int | None = None
     # How long an instance's processes get to exit on SIGTERM before SIGKILL.
     local_stop_grace_s: float = Field(default=15.0, gt=0, le=600)
+    # An instance's own watchdog stops it this long after its paid window ends unless
+    # the control plane extends it (room for a control plane that extends a bit late).
+    watchdog_slack_s: float = Field(default=5.0, ge=0, le=600)
 
     # The `runpod` provider (AUXEN_PROVIDER=runpod): pods running the vLLM image through
     # RunPod's REST API. The API key is a secret: environment only, sent only to RunPod.
