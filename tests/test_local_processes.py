@@ -56,6 +56,18 @@ def instance_processes(instance_id: str) -> list[tuple[int, int]]:
     return found
 
 
+def end_deployment_processes(data_dir: Path) -> None:
+    """Kill every process a server on `data_dir` started (instances outlive their
+    control plane on purpose; a test leaves none behind)."""
+    marker = f"AUXEN_INSTANCES_ROOT={(data_dir / 'instances').resolve()}".encode()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                os.kill(int(environ.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 def servers_of(instance_id: str) -> list[int]:
     return [pid for pid, sid in instance_processes(instance_id) if pid == sid]
 
@@ -118,8 +130,7 @@ class Drill:
 
     def stop(self) -> None:
         self.server.stop_clean()
-        for pid, _sid in instance_processes(self.instance_id):  # never left behind
-            os.kill(pid, signal.SIGKILL)
+        end_deployment_processes(self.server.data_dir)  # never left behind
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 from tests.ledger_checks import sql
 from tests.servers import AuxenServer, instant_env, wait_for_state
-from tests.test_local_processes import instance_processes, until
+from tests.test_local_processes import end_deployment_processes, instance_processes, until
 
 
 @dataclass
@@ -60,6 +60,7 @@ def offer(tmp_path: Path) -> Iterator[Offer]:
         yield Offer(server, listed, unlisted)
     finally:
         server.stop_clean()
+        end_deployment_processes(server.data_dir)
 
 
 def test_shared_hosts_serve_listed_models_for_paying_workspaces_and_scale_to_zero(
