@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     vllm_cpu_kvcache_gib: int | None = None
     # How long an instance's processes get to exit on SIGTERM before SIGKILL.
     local_stop_grace_s: float = Field(default=15.0, gt=0, le=600)
+    # An instance's own watchdog stops it this long after its paid window ends unless
+    # the control plane extends it (room for a control plane that extends a bit late).
+    watchdog_slack_s: float = Field(default=5.0, ge=0, le=600)
 
     # The `runpod` provider (AUXEN_PROVIDER=runpod): pods running the vLLM image through
     # RunPod's REST API. The API key is a secret: environment only, sent only to RunPod.
@@ -156,6 +159,9 @@ class Settings(BaseSettings):
     # A stream's usage row is checkpointed every flush; one not checkpointed for this long
     # lost its process and is marked interrupted by the reconciler.
     usage_stream_stale_s: float = Field(default=30.0, gt=0)
+    # A shared-small host with no live instance for this long is stopped (scale to zero);
+    # the next instance of its model starts it again.
+    shared_host_idle_s: float = Field(default=600.0, gt=0)
 
     # Knowledge bases. LanceDB lives under <data_dir>/kb unless kb_uri names another
     # directory or an object-storage URI (s3://bucket/prefix); one namespace per workspace.

@@ -17,6 +17,7 @@ from auxen.inference.gateway import InferenceGateway
 from auxen.inference.lifecycle import InstanceManager
 from auxen.inference.providers import build_provider
 from auxen.inference.providers.base import Provider
+from auxen.inference.shared_hosts import stop_idle_hosts
 from auxen.inference.usage import UsageRecorder
 from auxen.kb.service import KnowledgeEngine
 from auxen.notify.worker import NotificationWorker
@@ -83,6 +84,11 @@ class Runtime:
             await audit.sweep(db, settings.audit_retention_days)
 
         manager.housekeeping.append(sweep_audit)
+
+        async def scale_idle_hosts_to_zero() -> None:
+            await stop_idle_hosts(manager, settings.shared_host_idle_s)
+
+        manager.housekeeping.append(scale_idle_hosts_to_zero)
         return cls(
             settings, db, provider, manager, auth, usage, gateway, kb, prices, ledger, meter,
             payments, alerts, NotificationWorker(db, settings),

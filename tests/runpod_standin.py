@@ -326,9 +326,18 @@ class RunpodStandin:
         )
 
     def _end_container(self, pod: Pod) -> None:
-        if pod.container is not None and pod.container.poll() is None:
-            os.killpg(pod.container.pid, signal.SIGKILL)
-            pod.container.wait()
+        """Stop the container: every process in it (they carry its RUNPOD_POD_ID), in
+        whatever process group they put themselves."""
+        if pod.container is None:
+            return
+        marker = f"RUNPOD_POD_ID={pod.id}".encode()
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                if marker in environ.read_bytes().split(b"\0"):
+                    os.kill(int(environ.parent.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue
+        pod.container.wait()
         pod.container = None
 
     def pod_log(self, pod_id: str) -> str:

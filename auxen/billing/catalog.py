@@ -9,6 +9,8 @@ sets its own prices in a TOML file (`AUXEN_PRICES_FILE`):
     [shared_small]
     input_usd_per_million = "0.10"
     output_usd_per_million = "0.40"
+    [shared_small.models]          # the only models shared-small serves, each on its GPU
+    "Qwen/Qwen2.5-0.5B-Instruct" = "L4"
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ class PriceFileError(ValueError):
 class PriceBook:
     gpu_types: dict[str, GpuType]
     shared_small: TokenPrices
+    # Model -> the GPU type its shared host runs on: the operator's list of what the
+    # shared-small tier serves (None: no list; see `shared_gpu_for`).
+    shared_models: dict[str, str] | None = None
 
     def offered(self, provider: str) -> list[GpuType]:
         return [g for g in self.gpu_types.values() if provider in g.providers]
@@ -132,13 +137,28 @@ def load_prices(path: Path | None) -> PriceBook:
             raise PriceFileError(f"{path}: unknown GPU type {gpu_id!r}")
         hourly = _usd_micros(entry.get("hourly_usd"), f"gpu.{gpu_id}.hourly_usd")
         gpus[gpu_id] = dataclasses.replace(gpus[gpu_id], hourly_price_micros=hourly)
-    if "shared_small" in data:
+    if set(data.get("shared_small") or {}) - {"models"}:  # prices, not only the model list
         entry = data["shared_small"]
         shared = TokenPrices(
             _usd_micros(entry.get("input_usd_per_million"), "shared_small.input_usd_per_million"),
             _usd_micros(entry.get("output_usd_per_million"), "shared_small.output_usd_per_million"),
         )
-    return PriceBook(gpus, shared)
+    return PriceBook(gpus, shared, _shared_models(data, gpus, path))
+
+
+def _shared_models(
+    data: dict[str, object], gpus: dict[str, GpuType], path: Path
+) -> dict[str, str] | None:
+    entry = data.get("shared_small")
+    models = entry.get("models") if isinstance(entry, dict) else None
+    if models is None:
+        return None
+    if not isinstance(models, dict):
+        raise PriceFileError(f"{path}: shared_small.models must be a table of model = GPU type")
+    for model, gpu in models.items():
+        if gpu not in gpus:
+            raise PriceFileError(f"{path}: shared_small.models.{model!r}: unknown GPU {gpu!r}")
+    return {str(model): str(gpu) for model, gpu in models.items()}
 
 
 def _usd_micros(value: object, name: str) -> int:

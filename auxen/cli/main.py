@@ -441,6 +441,41 @@ def reconcile() -> None:
     out.print(f"interrupted streams closed: {report.streams_interrupted}")
 
 
+@app.command()
+def hosts(
+    ended: Annotated[bool, typer.Option("--ended", help="Also hosts already stopped")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Shared-small hosts (operators): the model each serves, its GPU, how many live
+    instances use it, how long it has run and what its GPU has cost this deployment."""
+    from auxen.billing.catalog import load_prices
+    from auxen.inference.shared_hosts import host_costs
+    from auxen.store.db import Database
+
+    settings = Settings()
+
+    async def run() -> Any:
+        db = Database(settings.resolved_database_url)
+        try:
+            return await host_costs(db, load_prices(settings.prices_file), include_ended=ended)
+        finally:
+            await db.close()
+
+    rows = [
+        {"id": h.host_id, "model": h.model, "gpu_type": h.gpu_type, "state": h.state,
+         "live_instances": h.live_instances, "running_s": round(h.running_s),
+         "hourly_usd": f"{h.hourly_micros / 1e6:.2f}", "cost_usd": f"{h.cost_micros / 1e6:.6f}"}
+        for h in asyncio.run(run())
+    ]  # fmt: skip
+    _show(
+        rows,
+        as_json,
+        {"host": "id", "model": "model", "gpu": "gpu_type", "state": "state",
+         "instances": "live_instances", "running s": "running_s", "$/h": "hourly_usd",
+         "cost $": "cost_usd"},
+    )  # fmt: skip
+
+
 # -- instances ---------------------------------------------------------------------
 
 TERMINAL = {"ready", "failed", "destroyed"}

@@ -344,8 +344,8 @@ class InstanceManager:
             await asyncio.sleep(READINESS_POLL_S)
 
     async def _paid_until(self, instance: Instance) -> datetime | None:
-        """The end of the instance's last reserved GPU window (None: not paid by the
-        hour), where its resource's own watchdog stops it."""
+        """Where the instance's own watchdog stops it: the end of its last reserved GPU
+        window plus AUXEN_WATCHDOG_SLACK_S (None: not paid by the hour)."""
         if instance.hourly_price_micros <= 0:
             return None
         async with self.db.system() as session:
@@ -356,7 +356,12 @@ class InstanceManager:
                     .where(col(Reservation.window_end).is_not(None))
                 )
             ).one()
-        return as_utc(end) if end is not None else None
+        return self._stop_at(as_utc(end)) if end is not None else None
+
+    def _stop_at(self, paid_until: datetime) -> datetime:
+        # A little past the paid end, so a control plane that extends a moment late
+        # (a busy event loop) never sees a paid instance stop under it.
+        return paid_until + timedelta(seconds=self.settings.watchdog_slack_s)
 
     async def keep_until(self, instance: Instance, paid_until: datetime) -> None:
         """Move the watchdog of the instance's resource to the end of its paid window
@@ -371,7 +376,9 @@ class InstanceManager:
             key = creds.runpod_api_key
         try:
             with _acting_in(key):
-                await self.provider.keep_until(instance.provider_id or "", instance.id, paid_until)
+                await self.provider.keep_until(
+                    instance.provider_id or "", instance.id, self._stop_at(paid_until)
+                )
         except ProviderError as exc:  # tried again next pass
             log.warning("could not extend the watchdog of %s: %s", instance.id, exc)
             return

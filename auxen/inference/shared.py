@@ -60,6 +60,10 @@ class SharedTier:
         self.settings = manager.settings
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
+    def lock_for(self, model: str) -> asyncio.Lock:
+        """Held while a model's host is chosen or started, and while it is scaled to zero."""
+        return self._locks[model]
+
     async def host_for(self, instance: Instance) -> Instance:
         """The live host serving `instance`'s model, started if there is none."""
         host, made = await self._host_row(instance)

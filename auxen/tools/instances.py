@@ -30,6 +30,7 @@ from auxen.tools.context import Caller
 from auxen.tools.errors import Conflict, InvalidArgument, NotFound, OverBudget
 from auxen.tools.keys import made_by, new_key_row
 from auxen.tools.permissions import Permission
+from auxen.tools.shared_offer import reserve_first_query, shared_gpu_for
 
 # A Hugging Face repo id (`org/name`, or a bare name).
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[\w.\-]{1,96})?$")
@@ -156,6 +157,8 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
     """Create an instance and start bringing it up; returns at once in `provisioning`."""
     caller.require(Permission.INSTANCES_WRITE)
     gpu_type, ttl = validate_request(rt, req)
+    if req.tier == SHARED_TIER:
+        gpu_type = shared_gpu_for(rt, req.model, req.gpu_type, req.gpu_fallbacks)
     if req.idempotency_key is not None:
         replay = await _replay(rt, caller, req, gpu_type, ttl)
         if replay is not None:
@@ -198,7 +201,10 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
             rt, caller, CapScope.INSTANCE, usd_to_micros(req.spend_cap_usd), subject=instance.id
         )
     try:
-        first_window = await rt.meter.reserve_first_window(instance)
+        if req.tier == SHARED_TIER:
+            first_window = await reserve_first_query(rt, instance)
+        else:
+            first_window = await rt.meter.reserve_first_window(instance)
     except OverBudget:
         await caps.remove_cap(rt, caller, CapScope.INSTANCE, subject=instance.id)
         raise
@@ -219,6 +225,8 @@ async def provision_instance(rt: Runtime, caller: Caller, req: ProvisionRequest)
         if replay is None:
             raise
         return replay
+    if req.tier == SHARED_TIER:  # it was there to prove the funds; queries hold their own
+        await rt.ledger.settle(first_window, 0)
     await rt.instances.launch(instance.id)
     instance.state = InstanceState.PROVISIONING
     await audit.record_for(
