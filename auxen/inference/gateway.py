@@ -194,7 +194,8 @@ class InferenceGateway:
 
     def _settle(self, meter: Meter) -> None:
         """Charge a finished per-token call (off the response path; a crash before this
-        leaves the hold open, and the meter releases stale holds)."""
+        leaves the hold open, and the GPU meter's sweep charges what its usage row
+        recorded)."""
         cost = self.token_prices.cost(meter.prompt_tokens, meter.completion_total)
         task = asyncio.get_running_loop().create_task(self.ledger.settle(meter.hold, cost))
         self._settling.add(task)
@@ -341,6 +342,7 @@ class Meter:
             "completion_tokens": completion,
             "latency_ms": (time.perf_counter() - self.started) * 1000,
             "ttft_ms": self.ttft_ms,
+            "reservation_id": self.hold,
         }
 
 
