@@ -48,7 +48,7 @@ class Target:
     base_url: str | None
     api_key: str | None
     tier: str = "dedicated"
-    client_id: str | None = None
+    client_id: str | None = None  # the agent (OAuth client) that provisioned it
     history: bool = False  # provisioned with conversation history
     cache_salt: str | None = None  # shared tier: the workspace's own prefix cache
 
@@ -113,6 +113,7 @@ class InferenceGateway:
             model=instance.model,
             state=instance.state,
             tier=instance.tier,
+            client_id=instance.client_id,
             history=instance.history,
             cache_salt=cache_salt(self.settings.master_key_bytes, instance.workspace_id)
             if instance.tier == SHARED_TIER
@@ -169,9 +170,10 @@ class InferenceGateway:
             chat=path == "chat/completions",
             default_max_tokens=self.settings.default_max_tokens,
         )
-        spend = Spend(
-            target.workspace_id, target.livemode, target.instance_id, TOKENS, caller.client_id
-        )
+        # An agent's instance spends from that agent's budget whatever key reaches it
+        # (its auxk_ keys included); otherwise the calling agent's, if any.
+        agent = target.client_id or caller.client_id
+        spend = Spend(target.workspace_id, target.livemode, target.instance_id, TOKENS, agent)
         cost = self.token_prices.cost(bound.prompt_tokens, bound.completion_tokens)
         return await self.ledger.reserve(spend, cost)
 
