@@ -131,6 +131,8 @@ class Settings(BaseSettings):
     # believed (uvicorn's forwarded_allow_ips; "https" behind them turns HSTS on).
     invite_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, le=90 * 24 * 3600)
     audit_retention_days: int = Field(default=365, ge=1)
+    # A deleted workspace's ledger, reservations and audit log are kept this long (days).
+    deleted_workspace_retention_days: int = Field(default=3650, ge=0)
     security_contact: str | None = None
     forwarded_allow_ips: str = "127.0.0.1"
     status_check_timeout_s: float = Field(default=2.0, gt=0, le=30)

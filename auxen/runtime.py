@@ -10,6 +10,7 @@ from auxen.billing.alerts import Alerts
 from auxen.billing.catalog import PriceBook, load_prices
 from auxen.billing.ledger import Ledger
 from auxen.billing.meter import GpuMeter
+from auxen.billing.retention import purge_deleted_workspaces
 from auxen.billing.stripe_payments import StripePayments
 from auxen.config import ConfigError, Settings
 from auxen.inference.fairness import Fairness
@@ -77,6 +78,7 @@ class Runtime:
         meter = GpuMeter(
             db, ledger, settings.billing_tick_s, destroy=manager.destroy, alerts=alerts,
             stale_hold_s=settings.billing_stale_hold_s, keep_until=manager.keep_until,
+            token_prices=prices.shared_small,
         )  # fmt: skip
         payments = StripePayments(db, ledger, settings)
 
@@ -89,6 +91,11 @@ class Runtime:
             await stop_idle_hosts(manager, settings.shared_host_idle_s)
 
         manager.housekeeping.append(scale_idle_hosts_to_zero)
+
+        async def purge_deleted() -> None:
+            await purge_deleted_workspaces(db, settings.deleted_workspace_retention_days)
+
+        manager.housekeeping.append(purge_deleted)
         return cls(
             settings, db, provider, manager, auth, usage, gateway, kb, prices, ledger, meter,
             payments, alerts, NotificationWorker(db, settings),

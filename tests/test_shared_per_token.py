@@ -10,7 +10,11 @@ tokens as vLLM bounds them and records every body it gets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,3 +276,82 @@ def test_each_workspace_has_its_own_prefix_cache_on_a_shared_host(tier: Tier) ->
         refused = tier.post("chat/completions", {"messages": CHAT, "max_tokens": 2, **body})
         assert refused.status_code == 400 and "cache_salt" in refused.json()["error"]["param"]
     assert len(tier.bodies()) == sent_before
+
+
+def test_a_stream_cut_by_a_crash_is_charged_what_was_recorded_once(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "tiny").mkdir(parents=True)
+    (models / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    prices = tmp_path / "prices.toml"
+    prices.write_text(
+        '[shared_small]\ninput_usd_per_million = "100"\noutput_usd_per_million = "100"\n'
+    )
+    server = AuxenServer(
+        tmp_path / "data",
+        f"sqlite:///{tmp_path / 'auxen.db'}",
+        {
+            **instant_env(INSTANT_VLLM_TOKEN_DELAY_S="0.05"),
+            "AUXEN_MODELS_DIR": str(models),
+            "AUXEN_PRICES_FILE": str(prices),
+            "AUXEN_USAGE_STREAM_STALE_S": "2",
+        },
+    ).start()
+    try:
+        _crash_mid_stream(server, str(models / "tiny"))
+    finally:
+        server.stop_clean()
+        kill_instance_processes(tmp_path / "data")
+
+
+def _crash_mid_stream(server: AuxenServer, model: str) -> None:
+    ws, key = server.workspace("crash@example.com", usd="1")
+    with server.client(key) as http:
+        made = http.post("/v1/instances", json={"model": model, "tier": "shared-small"})
+        assert made.status_code == 202, made.text
+        ready = wait_for_state(http, made.json()["id"], {"ready", "failed"}, timeout=120)
+        assert ready["state"] == "ready", ready["last_error"]
+    instance_id, instance_key = ready["id"], made.json()["instance_key"]
+
+    def rows() -> list[tuple[Any, ...]]:
+        return sql(
+            server.database_url,
+            "SELECT outcome, prompt_tokens, completion_tokens FROM usage_record "
+            "WHERE instance_id = :i",
+            i=instance_id,
+        )
+
+    def doomed() -> None:
+        with contextlib.suppress(httpx2.HTTPError):  # the server dies under it
+            httpx2.post(
+                f"{server.url}/v1/instances/{instance_id}/chat/completions",
+                headers={"Authorization": f"Bearer {instance_key}"},
+                json={"messages": CHAT, "max_tokens": 1000, "stream": True},
+                timeout=60,
+            )
+
+    caller = threading.Thread(target=doomed)
+    caller.start()
+    deadline = time.monotonic() + 60
+    # Wait until a checkpoint has recorded some of the stream's tokens.
+    while not any(c > 10 for _, _, c in rows()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.stop(signal.SIGKILL)
+    caller.join(timeout=60)
+    ((outcome, prompt, recorded),) = rows()
+    assert outcome == "streaming" and 10 < recorded < 1000
+    server.start()
+    still_open = settled_exactly(server.database_url, ws, wait_s=60)
+    assert still_open == [False]
+    ((outcome, prompt, recorded),) = rows()
+    assert outcome == "interrupted"
+    charges = sql(
+        server.database_url,
+        "SELECT amount_micros FROM ledger_entry WHERE workspace_id = :w AND kind = 'charge'",
+        w=ws,
+    )
+    # Charged once, for exactly the tokens the last checkpoint recorded.
+    assert charges == [((prompt + recorded) * PER_TOKEN,)]
+    with server.client(key) as http:
+        balance = http.get("/v1/balance").json()
+    assert balance["balance_micros"] == 1_000_000 - (prompt + recorded) * PER_TOKEN
+    assert balance["held_micros"] == 0

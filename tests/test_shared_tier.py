@@ -1,8 +1,8 @@
 """The Shared-Small tier on real vLLM: two workspaces' logical instances served by one
 shared server, billed per token. Sixteen concurrent streams against a balance that pays
 for only a few never spend past it; a stream the caller abandons is charged for what was
-generated; a crash mid-stream charges nothing twice; destroying one workspace's instance
-leaves the other's working."""
+generated; a crash mid-stream charges what was recorded, once; destroying one workspace's
+instance leaves the other's working."""
 
 from __future__ import annotations
 
@@ -89,7 +89,11 @@ def shared(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
     server = AuxenServer(
         root / "data",
         f"sqlite:///{root / 'auxen.db'}",
-        extra_env={"AUXEN_PRICES_FILE": str(prices), "AUXEN_BILLING_STALE_HOLD_S": "3"},
+        extra_env={
+            "AUXEN_PRICES_FILE": str(prices),
+            "AUXEN_BILLING_STALE_HOLD_S": "3",
+            "AUXEN_USAGE_STREAM_STALE_S": "2",
+        },
     ).start()
     try:
         yield Shared(server, str(tiny_model))
@@ -270,5 +274,11 @@ def test_a_crash_mid_stream_charges_nothing_twice(shared: Shared) -> None:
     shared.server.stop(signal.SIGKILL)
     caller.join(timeout=60)
     shared.server.start()
-    shared.settled(ws)  # released by the stale-hold sweep, charged nothing
-    assert shared.server.client(key).get("/v1/balance").json()["balance_micros"] == 1_000_000
+    shared.settled(ws)  # once: for what the stream's last checkpoint recorded, or nothing
+    recorded = shared.sql(
+        "SELECT prompt_tokens, completion_tokens FROM usage_record WHERE instance_id = :i",
+        i=instance["id"],
+    )
+    owed = sum(cost(p, c) for p, c in recorded)
+    balance = shared.server.client(key).get("/v1/balance").json()
+    assert balance["balance_micros"] == 1_000_000 - owed and balance["held_micros"] == 0

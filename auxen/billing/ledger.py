@@ -206,10 +206,15 @@ class Ledger:
         reference: str,
         note: str = "",
         also: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+        running_total_of: str | None = None,
     ) -> bool:
         """Add (purchase, grant) or take back (reversal) credits, once per `reference`:
         False if that reference was already applied. `also` runs in the same
-        transaction (recording the Stripe event that caused it, say)."""
+        transaction (recording the Stripe event that caused it, say).
+        `running_total_of`: `amount_micros` is a running total (a charge's refunds so
+        far) over the entries whose reference starts with this; only what it adds to
+        them is applied, read under the wallet's lock, so concurrent totals for one
+        charge never add up to more than the largest (False when it adds nothing)."""
         if kind not in (K.PURCHASE, K.GRANT, K.REVERSAL) or amount_micros <= 0:
             raise ValueError(f"cannot credit {kind} of {amount_micros}")
         async with self._wallet(workspace_id, livemode) as conn:
@@ -222,6 +227,17 @@ class Ledger:
             )
             if seen.first() is not None:
                 return False
+            if running_total_of is not None:
+                so_far = await conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.amount_micros), 0)).where(
+                        col(LedgerEntry.workspace_id) == workspace_id,
+                        col(LedgerEntry.kind) == kind.value,
+                        col(LedgerEntry.reference).startswith(running_total_of),
+                    )
+                )
+                amount_micros -= int(so_far.scalar_one())
+                if amount_micros <= 0:
+                    return False
             if also is not None:
                 await also(conn)
             await conn.execute(

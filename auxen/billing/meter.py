@@ -6,8 +6,11 @@ be reserved (the balance, the instance's cap, the monthly budget or the agent's 
 the instance is destroyed while its paid window is still running: GPU time never runs
 past what was reserved. The time a control plane was down is not billed.
 
-The same pass releases per-token holds left open by a call that never finished (the
-process died mid-request): the caller is not charged for an answer it never got.
+The same pass settles per-token holds left open by a call whose process died: a stream
+cut by the crash is charged, once, for the tokens its usage row recorded (its last
+checkpoint; the reconciler marks it `interrupted`), and a call that recorded nothing is
+released when its hold is stale. A caller never pays for tokens nobody counted, and the
+operator never gives away tokens that were streamed.
 """
 
 from __future__ import annotations
@@ -23,11 +26,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from auxen.billing.alerts import Alerts
+from auxen.billing.catalog import DEFAULT_SHARED_SMALL, TokenPrices
 from auxen.billing.ledger import BURNING_STATES, Ledger, Spend, month_start
 from auxen.notify import Event, EventType, notify
 from auxen.periodic import Periodic
 from auxen.store.db import Database
-from auxen.store.models import CapScope, Instance, Reservation, SpendingCap, as_utc
+from auxen.store.models import (
+    CapScope,
+    Instance,
+    Reservation,
+    SpendingCap,
+    UsageRecord,
+    as_utc,
+)
 from auxen.tools.errors import OverBudget
 from auxen.tools.views import micros_to_usd
 
@@ -58,6 +69,7 @@ class GpuMeter:
         alerts: Alerts,
         stale_hold_s: float = 900.0,
         keep_until: KeepUntil | None = None,
+        token_prices: TokenPrices = DEFAULT_SHARED_SMALL,
     ) -> None:
         self.db = db
         self.ledger = ledger
@@ -68,6 +80,7 @@ class GpuMeter:
         self.keep_until = keep_until
         interval = max(0.25, self.window.total_seconds() / 4)
         self._loop = Periodic("gpu meter", self.run_once, interval)
+        self.token_prices = token_prices
 
     def window_cost(self, instance: Instance) -> int:
         """One window at the instance's own price (the dearest of its GPU candidates until
@@ -92,18 +105,7 @@ class GpuMeter:
 
     async def run_once(self) -> None:
         now = datetime.now(UTC)
-        async with self.db.system() as session:
-            stale = (
-                await session.exec(
-                    select(Reservation.id).where(
-                        col(Reservation.open).is_(True),
-                        col(Reservation.purpose) == TOKENS,
-                        col(Reservation.created_at) < now - self.stale_hold,
-                    )
-                )
-            ).all()
-        for hold in stale:
-            await self.ledger.settle(hold, 0)
+        await self._settle_dead_calls(now)
         async with self.db.system() as session:
             windows = (
                 await session.exec(
@@ -149,6 +151,41 @@ class GpuMeter:
                 )
                 if until is not None and self.keep_until is not None:
                     await self.keep_until(instance, until)
+
+    async def _settle_dead_calls(self, now: datetime) -> None:
+        """Per-token holds whose call died with its process: charged what its usage row
+        recorded once that row is final (`interrupted`, or finished but not yet settled
+        when the process died) and the hold stale or the stream marked dead; released
+        when stale with no row. A stream still checkpointing is left to its process."""
+        async with self.db.system() as session:
+            rows = (
+                await session.exec(
+                    select(
+                        Reservation.id,
+                        UsageRecord.outcome,
+                        UsageRecord.prompt_tokens,
+                        UsageRecord.completion_tokens,
+                    )
+                    .join(
+                        UsageRecord,
+                        col(UsageRecord.reservation_id) == col(Reservation.id),
+                        isouter=True,
+                    )
+                    .where(
+                        col(Reservation.open).is_(True),
+                        col(Reservation.purpose) == TOKENS,
+                        sa.or_(
+                            col(UsageRecord.outcome) == "interrupted",
+                            col(Reservation.created_at) < now - self.stale_hold,
+                        ),
+                    )
+                )
+            ).all()
+        for hold, outcome, prompt, completion in rows:
+            if outcome == "streaming":
+                continue
+            cost = self.token_prices.cost(prompt, completion) if outcome is not None else 0
+            await self.ledger.settle(hold, cost)
 
     async def _settle_window(
         self, window: Reservation, instance: Instance | None, now: datetime

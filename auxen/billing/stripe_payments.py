@@ -183,13 +183,15 @@ class StripePayments:
             )
         if event.type == "charge.refunded":
             workspace_id = await self._workspace_of_payment(obj.get("payment_intent"), livemode)
-            already = await self._reversed(workspace_id, f"refund:{obj['id']}:")
-            amount = int(obj.get("amount_refunded") or 0) * MICROS_PER_CENT - already
-            if workspace_id is None or amount <= 0:
+            # Stripe sends the charge's refunds so far; what is new is worked out under
+            # the wallet's lock, so concurrent events for one charge reverse it once.
+            refunded = int(obj.get("amount_refunded") or 0) * MICROS_PER_CENT
+            if workspace_id is None or refunded <= 0:
                 return "ignored"
             return await self._once(
-                event, workspace_id, livemode, LedgerKind.REVERSAL, amount,
+                event, workspace_id, livemode, LedgerKind.REVERSAL, refunded,
                 reference=f"refund:{obj['id']}:{obj.get('amount_refunded')}", note="refund",
+                running_total_of=f"refund:{obj['id']}:",
             )  # fmt: skip
         if event.type == "charge.dispute.created":
             workspace_id = await self._workspace_of_payment(obj.get("payment_intent"), livemode)
@@ -212,6 +214,7 @@ class StripePayments:
         *,
         reference: str,
         note: str,
+        running_total_of: str | None = None,
     ) -> str:
         assert workspace_id is not None
 
@@ -228,7 +231,7 @@ class StripePayments:
         try:  # the event and its ledger row commit together, or neither does
             applied = await self.ledger.credit(
                 workspace_id, livemode, amount, kind=kind, reference=reference, note=note,
-                also=record_event,
+                also=record_event, running_total_of=running_total_of,
             )  # fmt: skip
         except IntegrityError:
             return "duplicate"  # this event id was applied already
@@ -239,7 +242,10 @@ class StripePayments:
                 record(
                     self.ledger.db, workspace_id, Actor("system", "stripe", "Stripe"),
                     f"credits.{kind.value}", target_type="stripe_event", target_id=event.id,
-                    detail={"amount_micros": amount, "livemode": livemode},
+                    detail={
+                        "refunded_total_micros" if running_total_of else "amount_micros": amount,
+                        "livemode": livemode,
+                    },
                 )
             )  # fmt: skip
         return "applied" if applied else "duplicate"
@@ -271,16 +277,3 @@ class StripePayments:
             )
             row = found.first()
         return str(row[0]) if row else None
-
-    async def _reversed(self, workspace_id: str | None, prefix: str) -> int:
-        if workspace_id is None:
-            return 0
-        async with self.db.engine.connect() as conn:
-            total = await conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.amount_micros), 0)).where(
-                    col(LedgerEntry.workspace_id) == workspace_id,
-                    col(LedgerEntry.kind) == LedgerKind.REVERSAL.value,
-                    col(LedgerEntry.reference).startswith(prefix),
-                )
-            )
-            return int(total.scalar_one())

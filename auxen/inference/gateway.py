@@ -52,7 +52,7 @@ class Target:
     base_url: str | None
     api_key: str | None
     tier: str = "dedicated"
-    client_id: str | None = None
+    client_id: str | None = None  # the agent (OAuth client) that provisioned it
     history: bool = False  # provisioned with conversation history
     cache_salt: str | None = None  # shared tier: the workspace's own prefix cache
 
@@ -123,6 +123,7 @@ class InferenceGateway:
             model=instance.model,
             state=instance.state,
             tier=instance.tier,
+            client_id=instance.client_id,
             history=instance.history,
             cache_salt=cache_salt(self.settings.master_key_bytes, instance.workspace_id)
             if instance.tier == SHARED_TIER
@@ -191,9 +192,10 @@ class InferenceGateway:
             chat=path == "chat/completions",
             default_max_tokens=self.settings.default_max_tokens,
         )
-        spend = Spend(
-            target.workspace_id, target.livemode, target.instance_id, TOKENS, caller.client_id
-        )
+        # An agent's instance spends from that agent's budget whatever key reaches it
+        # (its auxk_ keys included); otherwise the calling agent's, if any.
+        agent = target.client_id or caller.client_id
+        spend = Spend(target.workspace_id, target.livemode, target.instance_id, TOKENS, agent)
         cost = self.token_prices.cost(bound.prompt_tokens, bound.completion_tokens)
         return await self.ledger.reserve(spend, cost)
 
@@ -216,7 +218,8 @@ class InferenceGateway:
 
     def _settle(self, meter: Meter) -> None:
         """Charge a finished per-token call (off the response path; a crash before this
-        leaves the hold open, and the meter releases stale holds)."""
+        leaves the hold open, and the GPU meter's sweep charges what its usage row
+        recorded)."""
         cost = self.token_prices.cost(meter.prompt_tokens, meter.completion_total)
         task = asyncio.get_running_loop().create_task(self.ledger.settle(meter.hold, cost))
         self._settling.add(task)
@@ -363,6 +366,7 @@ class Meter:
             "completion_tokens": completion,
             "latency_ms": (time.perf_counter() - self.started) * 1000,
             "ttft_ms": self.ttft_ms,
+            "reservation_id": self.hold,
         }
 
 

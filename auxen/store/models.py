@@ -91,6 +91,9 @@ class Workspace(SQLModel, table=True):
     alert_webhook_url: str | None = Field(default=None, max_length=2000)
     alert_webhook_sealed: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    # Deleted: only its ledger, reservations and audit log remain, until the retention
+    # period (`AUXEN_DELETED_WORKSPACE_RETENTION_DAYS`) has passed.
+    deleted_at: datetime | None = Field(default=None, sa_column=_ts())
 
 
 class User(SQLModel, table=True):
@@ -264,6 +267,9 @@ class UsageRecord(TenantScoped, SQLModel, table=True):
     ttft_ms: float | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
     updated_at: datetime | None = Field(default=None, sa_column=_ts())
+    # The per-token hold this call is charged against (a crash-cut stream is charged
+    # what its last checkpoint recorded).
+    reservation_id: str | None = Field(default=None, index=True, max_length=32)
 
 
 class OAuthClient(SQLModel, table=True):

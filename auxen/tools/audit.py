@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlmodel import col, select
 
+from auxen.billing.retention import deleted_workspaces
 from auxen.store.db import Database
 from auxen.store.models import AuditEvent, Membership, User, as_utc
 from auxen.tools.context import Caller
@@ -183,11 +184,15 @@ async def record_failed_login(
 
 
 async def sweep(db: Database, retention_days: int) -> int:
-    """Delete events older than the retention period; how many went."""
+    """Delete events older than the retention period; how many went. A deleted
+    workspace's events are kept for its own retention period (`billing.retention`)."""
     cutoff = datetime.now(UTC) - timedelta(days=retention_days)
     async with db.system() as session:
         result = await session.exec(
-            sa.delete(AuditEvent).where(col(AuditEvent.created_at) < cutoff)
+            sa.delete(AuditEvent).where(
+                col(AuditEvent.created_at) < cutoff,
+                col(AuditEvent.workspace_id).not_in(deleted_workspaces()),
+            )
         )
         await session.commit()
     return int(result.rowcount or 0)

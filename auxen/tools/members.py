@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import SQLModel, col, select
 
+from auxen.billing.retention import is_kept_record
 from auxen.store.db import Database, tenant_tables
 from auxen.store.ids import new_id
 from auxen.store.models import (
@@ -441,7 +442,8 @@ class DeletedWorkspace(BaseModel):
 
 async def delete_workspace(rt: Runtime, caller: Caller, confirm: str | None) -> DeletedWorkspace:
     """Delete the workspace and everything in it (knowledge bases with their vectors,
-    keys, usage, the ledger, the audit log). Refused while any instance is not yet
+    keys, members, usage), except its ledger and audit log, which are kept for the
+    retention period (`billing.retention`). Refused while any instance is not yet
     destroyed; `confirm` must repeat the workspace id."""
     caller.require(Permission.WORKSPACE_DELETE)
     if confirm != caller.workspace_id:
@@ -467,16 +469,25 @@ async def delete_workspace(rt: Runtime, caller: Caller, confirm: str | None) -> 
         )
     for kb_id in kbs:
         await rt.kb.store.drop(ws, kb_id)
+    await audit.record_for(rt, caller, "workspace.delete", target_type="workspace", target_id=ws)
     tenant = set(tenant_tables())
     async with rt.db.engine.begin() as conn:
         # Children before parents: the reverse of the order tables must be created in.
         for table in reversed(SQLModel.metadata.sorted_tables):
+            if is_kept_record(table):
+                continue  # financial and audit records outlive it (billing.retention)
             if table.name == "oauth_code" or any(t.__table__ is table for t in tenant):
                 await conn.execute(sa.delete(table).where(table.c.workspace_id == ws))
-        await conn.execute(sa.delete(Workspace).where(col(Workspace.id) == ws))
+        await conn.execute(
+            sa.update(Workspace)
+            .where(col(Workspace.id) == ws)
+            .values(
+                name="", alert_webhook_url=None, alert_webhook_sealed=None,
+                deleted_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
     rt.kb.forget_attachments()
     rt.auth.forget_workspace(ws)  # other processes: within auth.authenticate.CACHE_TTL_S
-    # Its audit log went with it; the server log keeps the fact (ids only).
     log.warning("workspace %s deleted by %s %s", ws, audit.Actor.of(caller).type, caller.key_id)
     return DeletedWorkspace(id=ws)
 
