@@ -85,6 +85,10 @@ class AuxenServer:
             AUXEN_PORT=str(self.port),
             AUXEN_RECONCILE_INTERVAL_S="1",
             AUXEN_USAGE_FLUSH_INTERVAL_S="0.1",
+            # Tests bill in windows of a few seconds, and on two busy cores the control
+            # plane can extend one late while vLLM loads; an instance's watchdog must not
+            # stop it for that. Tests of the watchdog itself set their own slack.
+            AUXEN_WATCHDOG_SLACK_S="60",
         )
         env.update(vllm_env())
         if MODELS_ROOT is not None:

@@ -217,7 +217,7 @@ def test_cli_reports_errors_clearly(api: Api, tmp_path: Path) -> None:
         AUXEN_API_KEY=api.key,
     )
     assert result.returncode == 1
-    assert "model" in result.stderr and "does not exist" in result.stderr
+    assert "error (model)" in result.stderr and "AUXEN_MODELS_DIR" in result.stderr
     listed = api.server.cli("keys", "list", "--json", AUXEN_API_KEY=api.key)
     assert json.loads(listed.stdout)
     fresh = api.server.client(api.key).post("/v1/keys", json={"name": "unused"}).json()

@@ -56,6 +56,7 @@ REVIEWED = {
 INLINE = {
     "auxen/kb/store.py": "index names LanceDB reports for indexes Auxen built",
     "auxen/inference/providers/runpod_api.py": "RunPod's RateLimit header and pod ids",
+    "auxen/store/tenant_role.py": "the operator's database name (a single character class)",
 }
 # Runs that make backtracking patterns quadratic: long words, words before "://",
 # repeated prefixes, whitespace runs with no end, unterminated separators.

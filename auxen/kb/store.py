@@ -13,12 +13,14 @@ back from an older version of the table.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,8 +31,13 @@ if TYPE_CHECKING:
     import lancedb
     import pyarrow as pa
 
-# LanceDB (with pyarrow) takes seconds to import, so it is imported where a knowledge
-# base is first touched: CLI commands and servers that never reach one do not pay for it.
+
+async def load_lancedb() -> ModuleType:
+    """LanceDB (with pyarrow), imported the first time a knowledge base is touched and on
+    a worker thread: it takes seconds of CPU, which CLI commands and servers that never
+    reach a knowledge base should not pay, and which must not stall the event loop."""
+    return await asyncio.to_thread(importlib.import_module, "lancedb")
+
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +97,7 @@ class ChunkStore:
     async def _db(self, workspace_id: str) -> lancedb.AsyncConnection:
         db = self._dbs.get(workspace_id)
         if db is None:
-            import lancedb
-
+            lancedb = await load_lancedb()
             db = await lancedb.connect_async(self.workspace_uri(workspace_id))
             self._dbs[workspace_id] = db
         return db
@@ -125,6 +131,7 @@ class ChunkStore:
             texts += doc_texts
         if not texts:
             return
+        await load_lancedb()  # then pyarrow and lancedb.index are loaded
         import pyarrow as pa
         from lancedb.index import FTS
 

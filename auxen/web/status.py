@@ -19,6 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from auxen.kb.store import load_lancedb
 from auxen.runtime import Runtime
 from auxen.store.models import as_utc
 from auxen.tools.incidents import list_incidents
@@ -51,8 +52,7 @@ class StatusPage:
         return {"name": name, "status": state, "detail": detail, "latency": took}
 
     async def _vector_store(self) -> None:
-        import lancedb  # seconds to import; only a status check needs it here
-
+        lancedb = await load_lancedb()
         db = await lancedb.connect_async(self.rt.settings.resolved_kb_uri)
         await db.table_names()
 
