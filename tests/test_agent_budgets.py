@@ -59,12 +59,6 @@ def test_an_agents_budget_holds_whichever_key_reaches_its_instance(server: Auxen
     agent = Flow(server, person, scope="instances:read instances:write inference")
     token = agent.exchange(agent.code()).json()["access_token"]
     account_key = dashboard_key(person, "a person's key")  # no agent behind it
-    with server.client(account_key) as http:
-        capped = http.post(
-            "/v1/caps",
-            json={"scope": "client_monthly", "amount_usd": "0.02", "client_id": agent.client_id},
-        )
-        assert capped.status_code == 200, capped.text
 
     model = str(Path(server.data_dir).parent / "models" / "tiny")
     made = structured(
@@ -77,6 +71,14 @@ def test_an_agents_budget_holds_whichever_key_reaches_its_instance(server: Auxen
     )  # fmt: skip
     instance_id, instance_key = made["instance"]["id"], made["instance_key"]
     assert made["instance"]["state"] == "ready", made
+    # The budget is set once the instance runs: provisioning shared-small holds (and then
+    # releases) a first query's worth at the default max_tokens, more than this budget.
+    with server.client(account_key) as http:
+        capped = http.post(
+            "/v1/caps",
+            json={"scope": "client_monthly", "amount_usd": "0.02", "client_id": agent.client_id},
+        )
+        assert capped.status_code == 200, capped.text
 
     def over_mcp(max_tokens: int) -> Any:
         return asyncio.run(

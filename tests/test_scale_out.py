@@ -190,8 +190,20 @@ def test_retries_destroys_and_queries_agree_across_servers(tmp_path: Path, pg_ur
 
 def _upstreams_of(instance_id: str) -> int:
     """How many upstream processes run for the instance (the local provider gives each
-    one AUXEN_INSTANCE_ID in its environment)."""
-    return len(_processes_with(f"AUXEN_INSTANCE_ID={instance_id}"))
+    one AUXEN_INSTANCE_ID in its environment; its watchdog carries it too, and is not
+    an upstream)."""
+    return sum(
+        1
+        for pid in _processes_with(f"AUXEN_INSTANCE_ID={instance_id}")
+        if b"local_watchdog" not in _cmdline(pid)
+    )
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_one_journey_over_three_servers(tmp_path: Path, pg_url: str) -> None:
