@@ -90,4 +90,3 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=300,
     )
     return out
-
