@@ -208,3 +208,17 @@ def kill_instance_processes(data_dir: Path) -> None:
     for state in (data_dir / "instances").glob("*/provider.json"):
         with suppress(ProcessLookupError, PermissionError, ValueError, KeyError):
             os.killpg(int(json.loads(state.read_text())["pid"]), signal.SIGKILL)
+
+
+def shared_small_setup(root: Path, usd_per_million: str = "100") -> tuple[Path, Path]:
+    """A models directory with one model (`tiny`) the instant upstream can serve, and a
+    prices file pricing shared-small tokens at `usd_per_million` in and out."""
+    models = root / "models"
+    (models / "tiny").mkdir(parents=True)
+    (models / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    prices = root / "prices.toml"
+    prices.write_text(
+        f'[shared_small]\ninput_usd_per_million = "{usd_per_million}"\n'
+        f'output_usd_per_million = "{usd_per_million}"\n'
+    )
+    return models, prices

@@ -7,7 +7,6 @@ person's account key. Once the budget is spent, every one of those ways is refus
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from tests.ledger_checks import settled_exactly, sql
 from tests.mcp_clients import error_text, structured
-from tests.servers import AuxenServer, instant_env, kill_instance_processes
+from tests.servers import AuxenServer, instant_env, kill_instance_processes, shared_small_setup
 from tests.test_key_creators import dashboard_key
 from tests.test_oauth import Flow, Person, mcp_call
 
@@ -28,13 +27,7 @@ BUDGET = 20_000  # the agent's monthly budget: $0.02
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuxenServer]:
     root = tmp_path_factory.mktemp("agent-budgets")
-    models = root / "models"
-    (models / "tiny").mkdir(parents=True)
-    (models / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    prices = root / "prices.toml"
-    prices.write_text(
-        '[shared_small]\ninput_usd_per_million = "100"\noutput_usd_per_million = "100"\n'
-    )
+    models, prices = shared_small_setup(root)
     server = AuxenServer(
         root / "data",
         f"sqlite:///{root / 'auxen.db'}",

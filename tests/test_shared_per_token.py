@@ -25,7 +25,13 @@ import pytest
 
 from tests.ledger_checks import settled_exactly, sql
 from tests.mcp_clients import http_client, structured
-from tests.servers import AuxenServer, instant_env, kill_instance_processes, wait_for_state
+from tests.servers import (
+    AuxenServer,
+    instant_env,
+    kill_instance_processes,
+    shared_small_setup,
+    wait_for_state,
+)
 
 PER_TOKEN = 100  # micro-dollars per token, in and out ($100 per million)
 
@@ -72,13 +78,7 @@ class Tier:
 @pytest.fixture(scope="module")
 def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     root = tmp_path_factory.mktemp("bounds")
-    models = root / "models"
-    (models / "tiny").mkdir(parents=True)
-    (models / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    prices = root / "prices.toml"
-    prices.write_text(
-        '[shared_small]\ninput_usd_per_million = "100"\noutput_usd_per_million = "100"\n'
-    )
+    models, prices = shared_small_setup(root)
     record = root / "upstream.jsonl"
     server = AuxenServer(
         root / "data",
@@ -279,13 +279,7 @@ def test_each_workspace_has_its_own_prefix_cache_on_a_shared_host(tier: Tier) ->
 
 
 def test_a_stream_cut_by_a_crash_is_charged_what_was_recorded_once(tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    (models / "tiny").mkdir(parents=True)
-    (models / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    prices = tmp_path / "prices.toml"
-    prices.write_text(
-        '[shared_small]\ninput_usd_per_million = "100"\noutput_usd_per_million = "100"\n'
-    )
+    models, prices = shared_small_setup(tmp_path)
     server = AuxenServer(
         tmp_path / "data",
         f"sqlite:///{tmp_path / 'auxen.db'}",
